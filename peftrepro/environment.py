@@ -1,0 +1,130 @@
+"""The fingerprint: everything about the environment that can change a run's numbers.
+
+Computed where the run happens (inside the container for the docker runner, never on the host).
+`environment_sha256` covers the fields that must match for a bit-exact re-run; the rest (git
+commit, host names of things, timestamps) is reported but does not count.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from peftrepro.jsonio import canonical_sha256
+
+# Fields of the fingerprint that must be equal for two runs to be expected bit-identical.
+EXACT_FIELDS = (
+    "runner",
+    "python",
+    "distributions_sha256",
+    "torch",
+    "accelerator",
+    "determinism",
+    "cpu_capability",
+    "artifacts",
+)
+
+
+def distributions() -> list[str]:
+    """Every installed distribution as `name==version`, normalised and sorted."""
+    seen = {}
+    for dist in importlib.metadata.distributions():
+        name = (dist.metadata["Name"] or "").lower().replace("_", "-")
+        if name:
+            seen[name] = f"{name}=={dist.version}"
+    return sorted(seen.values())
+
+
+def git_state(start: Path) -> dict[str, Any]:
+    """Commit and dirty flag (tracked changes or untracked files) of the repository holding `start`."""
+    try:
+        import git
+
+        repo = git.Repo(start, search_parent_directories=True)
+        return {"commit": repo.head.commit.hexsha, "dirty": repo.is_dirty(untracked_files=True)}
+    except Exception:  # not a repository, no git binary, no commit yet: all mean "unknown"
+        return {"commit": os.environ.get("PEFTREPRO_GIT_COMMIT"), "dirty": None}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+        return out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def accelerator() -> dict[str, Any]:
+    if not torch.cuda.is_available():
+        return {"kind": "cpu", "name": None, "count": 0, "memory_bytes": None, "driver": None}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "kind": "cuda",
+        "name": props.name,
+        "count": torch.cuda.device_count(),
+        "memory_bytes": int(props.total_memory),
+        "driver": _driver_version(),
+    }
+
+
+def fingerprint(
+    *, runner: str, seed: int, manifest_sha256: str, artifacts: dict[str, Any], repo_hint: Path | None = None
+) -> dict[str, Any]:
+    dists = distributions()
+    env: dict[str, Any] = {
+        "runner": runner,
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "distributions": dists,
+        "distributions_sha256": canonical_sha256(dists),
+        "torch": {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        },
+        "accelerator": accelerator(),
+        "determinism": {
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "num_threads": torch.get_num_threads(),
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision(),
+            "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        },
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "seeds": {"seed": seed},
+        "git": git_state(repo_hint or Path(__file__).resolve().parent),
+        "manifest_sha256": manifest_sha256,
+        "artifacts": artifacts,
+        "os": {
+            "system": platform.system(),
+            "kernel": platform.release(),
+            "machine": platform.machine(),
+            "cpu_model": _cpu_model(),
+            "cpu_count": os.cpu_count(),
+        },
+    }
+    env["environment_sha256"] = canonical_sha256({k: env[k] for k in EXACT_FIELDS})
+    return env

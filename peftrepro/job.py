@@ -1,0 +1,134 @@
+"""One run of one resolved manifest with one seed, in this process: the steps every runner shares.
+
+fingerprint -> load pinned task -> base measurements -> seed -> attach adapter -> train ->
+evaluate -> save adapter -> metrics. Returns metrics and environment; the runner writes the record.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+
+from peftrepro import peftconfig
+from peftrepro.environment import fingerprint
+from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
+from peftrepro.manifest import ResolvedManifest
+from peftrepro.measure import adapter_files
+from peftrepro.paths import cache_root
+from peftrepro.tasks import Prepared, Task, get_task
+from peftrepro.training import configure_determinism, seed_everything, train
+
+
+def device_for_run() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, float]:
+    """Test score and general-text CE of the base model, cached by everything that determines them.
+
+    They are a property of (task version, model bytes, data bytes, torch build, thread count) and
+    cost ~30 s per run on the CPU track; a cold cache (any fresh machine) re-measures them.
+    """
+    key = canonical_sha256(
+        {
+            "task": task.name,
+            "version": task.version,
+            "artifacts": prepared.artifacts,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(device_for_run()),
+            "batch_size": batch_size,
+        }
+    )
+    path = cache_root() / "base-measurements" / f"{key}.json"
+    if path.exists():
+        try:
+            cached = read_json(path)
+            if isinstance(cached, dict) and set(cached) == {"test_score", "general_ce"}:
+                return {k: float(v) for k, v in cached.items()}
+        except (OSError, ValueError):
+            pass  # unreadable cache: measure again and overwrite
+    values = {
+        "test_score": prepared.evaluate(prepared.model, "test", batch_size),
+        "general_ce": prepared.general_ce(prepared.model, batch_size),
+    }
+    replace_file(path, pretty_bytes(values))
+    return values
+
+
+def execute(
+    manifest: ResolvedManifest,
+    *,
+    seed: int,
+    runner: str,
+    adapter_dir: Path,
+    state: dict[str, Any],
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run it; return the success metrics. `state` is filled as the run goes (environment, steps),
+    so that a failed or cancelled run still records what is known."""
+    t_start = time.perf_counter()
+    task = get_task(manifest.task)
+    cfg = manifest.training
+    configure_determinism(task.num_threads)
+    device = device_for_run()
+    state["environment"] = fingerprint(
+        runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts={}
+    )
+    prepared = task.prepare()
+    state["environment"] = fingerprint(
+        runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts=prepared.artifacts
+    )
+    model = prepared.model.to(device)
+    base = base_measurements(task, prepared, cfg.batch_size_eval)
+
+    seed_everything(seed)  # the one place seeds are set: adapter init and data order both follow from here
+    peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
+    peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
+    trainable, total = peftconfig.count_params(peft_model)
+    result = train(
+        peft_model,
+        prepared.train_examples(seed),
+        cfg,
+        seed=seed,
+        pad_token_id=prepared.pad_token_id,
+        validate=lambda m: prepared.evaluate(m, "valid", cfg.batch_size_eval),
+        device=device,
+        is_adalora=peft_cfg.peft_type == "ADALORA",
+        progress=progress,
+        on_step=lambda step: state.__setitem__("steps_completed", step),
+    )
+    test_score = prepared.evaluate(peft_model, "test", cfg.batch_size_eval)
+    ce_after = prepared.general_ce(peft_model, cfg.batch_size_eval)
+    adapter_bytes, adapter_sha = save_adapter(peft_model, adapter_dir)
+    assert result.memory is not None
+    return {
+        task.score_key: test_score,
+        "base_" + task.score_key: base["test_score"],
+        "valid_curve": result.valid_curve,
+        "forgetting": ce_after - base["general_ce"],
+        "general_ce_before": base["general_ce"],
+        "general_ce_after": ce_after,
+        "train_loss_final": result.train_loss_final,
+        "trainable_params": trainable,
+        "total_params": total,
+        "adapter_bytes": adapter_bytes,
+        "adapter_sha256": adapter_sha,
+        "peak_memory_bytes": result.memory.peak_bytes,
+        "memory_avg_bytes": result.memory.avg_bytes,
+        "memory_p99_bytes": result.memory.p99_bytes,
+        "train_seconds": round(result.train_seconds, 3),
+        "total_seconds": round(time.perf_counter() - t_start, 3),
+        "tokens_per_second": round(result.tokens / result.train_seconds, 1) if result.train_seconds else 0.0,
+        "steps_completed": result.steps,
+    }
+
+
+def save_adapter(model: PeftModel, folder: Path) -> tuple[int, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(folder))
+    return adapter_files(folder)

@@ -1,0 +1,162 @@
+"""Canonical JSON, hashing, safe reading and atomic, no-clobber writing.
+
+Canonical form (sorted keys, compact separators, UTF-8) is what a manifest's sha256 is taken
+over; the pretty form (sorted keys, 2-space indent, trailing newline) is what records are written
+in, so identical content gives identical bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+MAX_JSON_BYTES = 1_000_000  # manifests and records are small; anything bigger is refused unread
+MAX_JSON_DEPTH = 32
+
+
+def canonical_bytes(obj: Any) -> bytes:
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+def canonical_sha256(obj: Any) -> str:
+    return hashlib.sha256(canonical_bytes(obj)).hexdigest()
+
+
+def pretty_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class JSONReadError(ValueError):
+    """Why a file is not acceptable JSON; the caller wraps it with the file name."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise JSONReadError(f"{name} is not valid JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise JSONReadError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _depth(obj: Any) -> int:
+    # Iterative, so a hostile file cannot blow the Python stack here.
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """Read a JSON file defensively: size cap, UTF-8, no NaN/Infinity, no duplicate keys, depth cap."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise JSONReadError(f"file is {size} bytes; at most {max_bytes} are accepted")
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise JSONReadError("file is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise JSONReadError(f"not UTF-8 text (byte {e.start})") from None
+    # Reject deep nesting before the parser recurses into it.
+    if _bracket_depth(text) > MAX_JSON_DEPTH:
+        raise JSONReadError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+    except json.JSONDecodeError as e:
+        raise JSONReadError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:
+        raise JSONReadError(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise JSONReadError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return obj
+
+
+def _bracket_depth(text: str) -> int:
+    """Upper bound of nesting depth, ignoring brackets inside strings."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically and refuse to replace an existing file.
+
+    Temp file in the same folder + fsync, then link(2) to the final name: link fails if the name
+    exists (no clobbering) and is atomic, so readers see either nothing or the whole file. A
+    SIGKILL leaves at most a `.tmp-*` file, which readers ignore.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Atomically write or replace `path` (temp + fsync + rename), for generated files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

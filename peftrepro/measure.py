@@ -1,0 +1,118 @@
+"""Timers, memory samplers (CUDA reserved memory or CPU process RSS), and adapter size/hash."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from peftrepro.jsonio import sha256_file
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (Linux /proc), else the peak so far (other Unixes)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if os.uname().sysname == "Darwin" else peak * 1024
+
+
+def percentile(values: list[int], q: float) -> int:
+    """Nearest-rank percentile: always one of the samples, so it is reproducible to the byte."""
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    peak_bytes: int
+    avg_bytes: int
+    p99_bytes: int
+    samples: int
+
+
+class MemorySampler:
+    """Samples memory once per training step (`step()`), plus, on CPU, every `interval` seconds
+    from a background thread so that a peak inside a step is not missed.
+
+    CUDA: torch's reserved memory (what the allocator holds, i.e. what another process could not
+    use) and its peak. CPU: the process RSS.
+    """
+
+    def __init__(self, device: torch.device, interval: float = 0.02) -> None:
+        self.device, self.interval = device, interval
+        self.per_step: list[int] = []
+        self._peak = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _now(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.memory_reserved(self.device))
+        return rss_bytes()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, rss_bytes())
+
+    def __enter__(self) -> MemorySampler:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            self._thread = threading.Thread(target=self._poll, name="peftrepro-memory", daemon=True)
+            self._thread.start()
+        self._peak = self._now()
+        return self
+
+    def step(self) -> None:
+        value = self._now()
+        self.per_step.append(value)
+        self._peak = max(self._peak, value)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.device.type == "cuda":
+            self._peak = max(self._peak, int(torch.cuda.max_memory_reserved(self.device)))
+
+    def stats(self) -> MemoryStats:
+        samples = self.per_step or [self._peak]
+        return MemoryStats(
+            peak_bytes=max(self._peak, *samples),
+            avg_bytes=round(sum(samples) / len(samples)),
+            p99_bytes=percentile(samples, 99),
+            samples=len(self.per_step),
+        )
+
+
+class StepTimer:
+    """Adds up the wall time of the timed blocks only (training steps, not evaluation)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def __enter__(self) -> StepTimer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
+def adapter_files(folder: Path) -> tuple[int, str]:
+    """(bytes, sha256) of the saved adapter weights in `folder`."""
+    path = folder / ADAPTER_WEIGHTS
+    return path.stat().st_size, sha256_file(path)

@@ -1,0 +1,149 @@
+"""The one definition of every metric a run record carries.
+
+The runner writes these keys, the verifier compares them by `tolerance`, and the leaderboard
+reads `direction` and `label`. Adding a metric means adding one row here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Direction = Literal["higher", "lower", "none"]
+Tolerance = Literal["exact", "score", "relative", "informational"]
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    meaning: str
+    direction: Direction
+    unit: str
+    tolerance: Tolerance
+
+
+METRICS: tuple[Metric, ...] = (
+    Metric(
+        "test_accuracy",
+        "test acc.",
+        "exact-match accuracy on the task's held-out test set",
+        "higher",
+        "fraction",
+        "score",
+    ),
+    Metric(
+        "base_test_accuracy",
+        "base acc.",
+        "the same test set scored by the base model, no adapter",
+        "none",
+        "fraction",
+        "score",
+    ),
+    Metric(
+        "valid_curve",
+        "valid curve",
+        "validation accuracy every `eval_steps` training steps",
+        "none",
+        "fraction",
+        "informational",
+    ),
+    Metric(
+        "forgetting",
+        "forgetting",
+        "mean per-token cross-entropy on the task's general-text set, after training minus before",
+        "lower",
+        "nats/token",
+        "score",
+    ),
+    Metric(
+        "general_ce_before",
+        "CE before",
+        "mean per-token cross-entropy on the general-text set, base model",
+        "none",
+        "nats/token",
+        "score",
+    ),
+    Metric(
+        "general_ce_after",
+        "CE after",
+        "the same cross-entropy with the trained adapter",
+        "none",
+        "nats/token",
+        "score",
+    ),
+    Metric(
+        "train_loss_final",
+        "final loss",
+        "mean training loss over the last eval window",
+        "lower",
+        "nats/token",
+        "score",
+    ),
+    Metric(
+        "trainable_params",
+        "trainable",
+        "parameters with requires_grad in the PEFT model",
+        "lower",
+        "count",
+        "exact",
+    ),
+    Metric("total_params", "total params", "all parameters of the PEFT model", "none", "count", "exact"),
+    Metric(
+        "adapter_bytes",
+        "adapter size",
+        "size of the saved adapter weights (safetensors)",
+        "lower",
+        "bytes",
+        "exact",
+    ),
+    Metric(
+        "adapter_sha256", "adapter sha256", "sha256 of the saved adapter weights file", "none", "hex", "exact"
+    ),
+    Metric(
+        "peak_memory_bytes",
+        "peak mem.",
+        "peak accelerator reserved memory during training (CPU tracks: process RSS)",
+        "lower",
+        "bytes",
+        "relative",
+    ),
+    Metric(
+        "memory_avg_bytes", "avg mem.", "mean of the per-step memory samples", "lower", "bytes", "relative"
+    ),
+    Metric(
+        "memory_p99_bytes",
+        "p99 mem.",
+        "99th percentile of the per-step memory samples",
+        "lower",
+        "bytes",
+        "relative",
+    ),
+    Metric(
+        "train_seconds",
+        "train time",
+        "wall time of the training steps only (no loading, no eval)",
+        "lower",
+        "seconds",
+        "informational",
+    ),
+    Metric("total_seconds", "total time", "wall time of the whole run", "none", "seconds", "informational"),
+    Metric(
+        "tokens_per_second",
+        "tokens/s",
+        "training tokens (padding excluded) per second of train_seconds",
+        "higher",
+        "tokens/s",
+        "informational",
+    ),
+    Metric(
+        "steps_completed",
+        "steps",
+        "optimizer steps completed (failed and cancelled runs too)",
+        "none",
+        "count",
+        "exact",
+    ),
+)
+
+METRICS_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}

@@ -1,0 +1,1 @@
+"""Runners execute a resolved manifest somewhere (this process, a container) and write its record."""

@@ -1,0 +1,106 @@
+"""The local runner: one run in this process, one record written whatever happens.
+
+SIGINT/SIGTERM during the run raise RunCancelled in the main thread; the run unwinds and a
+`cancelled` record is written. Any other exception after the manifest was accepted gives a
+`failed` record with the error. SIGKILL leaves no record (and no partial file: writes are atomic).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from peftrepro.errors import PeftreproError, RunCancelled
+from peftrepro.job import execute
+from peftrepro.manifest import ResolvedManifest
+from peftrepro.paths import adapter_dir
+from peftrepro.records import RUNS_DIR, RunResult, build_record, new_run_id, utc_now, write_record
+from peftrepro.tasks import get_task
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    status: str
+    record: dict[str, Any]
+    path: Path
+
+
+class Cancellation:
+    """While armed, SIGINT and SIGTERM raise RunCancelled in the main thread; once disarmed (while
+    the record is written) they are only remembered, so a second Ctrl-C cannot lose the record."""
+
+    def __init__(self) -> None:
+        self.armed = True
+        self.pending: str | None = None
+
+    def handler(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.armed:
+            self.armed = False
+            raise RunCancelled(name)
+        self.pending = self.pending or name
+
+
+@contextmanager
+def trapped_signals(cancellation: Cancellation) -> Iterator[None]:
+    previous = {s: signal.signal(s, cancellation.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run_local(
+    manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
+) -> RunOutcome:
+    runs_dir = runs_dir or manifest.folder / RUNS_DIR
+    started = utc_now()
+    run_id = new_run_id(seed, started)
+    state: dict[str, Any] = {"environment": {}, "steps_completed": 0}
+    cancellation = Cancellation()
+    with trapped_signals(cancellation):
+        try:
+            metrics = execute(
+                manifest,
+                seed=seed,
+                runner="local",
+                progress=progress,
+                state=state,
+                adapter_dir=adapter_dir(manifest.task, manifest.method, manifest.name, run_id),
+            )
+            result = RunResult("success", metrics, state["environment"], None)
+        except RunCancelled as c:
+            result = _partial(
+                state, "cancelled", {"type": "RunCancelled", "message": f"stopped by {c.signal_name}"}
+            )
+        except PeftreproError as e:
+            result = _partial(state, "failed", {"type": type(e).__name__, "message": e.message})
+        except Exception as e:  # the run itself broke: record it, show the traceback for the bug report
+            traceback.print_exc(file=sys.stderr)
+            result = _partial(
+                state, "failed", {"type": type(e).__name__, "message": " ".join(str(e).split())[:4000]}
+            )
+        cancellation.armed = False
+        record = build_record(
+            manifest,
+            task_version=get_task(manifest.task).version,
+            run_id=run_id,
+            seed=seed,
+            started=started,
+            finished=utc_now(),
+            result=result,
+        )
+        path = write_record(runs_dir, record)
+    return RunOutcome(result.status, record, path)
+
+
+def _partial(state: dict[str, Any], status: str, error: dict[str, str]) -> RunResult:
+    return RunResult(status, {"steps_completed": state["steps_completed"]}, state["environment"], error)

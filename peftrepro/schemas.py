@@ -1,0 +1,106 @@
+"""Load the JSON Schemas (the on-disk contract) and turn their errors into one actionable line."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError, best_match
+
+from peftrepro.errors import InputError, safe_text
+
+MANIFEST = "manifest.schema.json"
+RUN_RECORD = "run-record.schema.json"
+
+
+def schema_dir() -> Path:
+    """Installed wheels carry the schemas inside the package; a source checkout has them at the top."""
+    packaged = resources.files("peftrepro") / "schemas"
+    if packaged.is_dir():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    schema = json.loads((schema_dir() / name).read_text())
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def show(value: Any, limit: int = 60) -> str:
+    """A value as short, single-line, ASCII-only text: safe to print whatever a stranger wrote."""
+    text = json.dumps(value, ensure_ascii=True, sort_keys=True, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def pointer(path: Any) -> str:
+    """JSON pointer (RFC 6901) of a path of keys/indices; ASCII-escaped so it stays one safe line."""
+    parts = [str(p).replace("~", "~0").replace("/", "~1") for p in path]
+    text = "".join("/" + p for p in parts)
+    return safe_text(text)
+
+
+_JSON_TYPES = {
+    dict: "object",
+    list: "array",
+    str: "string",
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    type(None): "null",
+}
+
+
+def _expected(error: ValidationError) -> tuple[list[Any], str]:
+    """(path, explanation) for one schema error, phrased as what the user should write instead."""
+    path = list(error.absolute_path)
+    v, arg, inst = error.validator, error.validator_value, error.instance
+    if v == "required":
+        missing = [k for k in arg if isinstance(inst, dict) and k not in inst]
+        return [*path, missing[0]], "required field is missing"
+    if v == "additionalProperties" and isinstance(inst, dict):
+        known = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in inst if k not in known)
+        allowed = ", ".join(sorted(known))
+        return [*path, extra[0]], f"unknown field; allowed here: {allowed}"
+    if v == "type":
+        got = _JSON_TYPES.get(type(inst), type(inst).__name__)
+        return path, f"expected {' or '.join(arg) if isinstance(arg, list) else arg}, got {got}"
+    if v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        sign = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[v]
+        return path, f"expected a number {sign} {arg}, got {show(inst)}"
+    if v == "pattern":
+        return path, f"expected a string matching {arg}, got {show(inst)}"
+    if v in ("minLength", "maxLength", "minItems", "maxItems", "maxProperties"):
+        what = {
+            "minLength": "at least {} characters",
+            "maxLength": "at most {} characters",
+            "minItems": "at least {} items",
+            "maxItems": "at most {} items",
+            "maxProperties": "at most {} fields",
+        }[v]
+        return path, "expected " + what.format(arg)
+    if v == "const":
+        return path, f"expected {show(arg)}, got {show(inst)}"
+    if v == "enum":
+        return path, f"expected one of {', '.join(show(a) for a in arg)}, got {show(inst)}"
+    if v == "propertyNames":
+        return path, f"field name {show(error.instance)} is not allowed (letters, digits, _ . - only)"
+    return path, error.message.splitlines()[0][:200]
+
+
+def check(obj: Any, schema_name: str, file: str, error_type: type[InputError] = InputError) -> None:
+    """Raise `error_type` naming the file, the field and the fix, for the most relevant schema error."""
+    error = best_match(validator(schema_name).iter_errors(obj))
+    if error is None:
+        return
+    # best_match may stop at an anyOf; its deepest sub-error says more ("expected <= 4096").
+    while error.context:
+        error = best_match(error.context)
+    path, expected = _expected(error)
+    raise error_type(file, pointer(path), expected)

@@ -1,0 +1,88 @@
+"""Tasks (tracks): what a run trains on and how it is scored. One module per task; registry here.
+
+A task supplies the base model, the training examples, and the evaluations; the training loop
+(`training.py`) is shared by all of them and no task forks it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training sequence: token ids, and labels (-100 where no loss is taken)."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class Prepared:
+    """A task ready to run: base model loaded, data generated, artifact hashes known."""
+
+    model: torch.nn.Module
+    pad_token_id: int
+    artifacts: dict[str, Any]  # what was actually loaded: {"model": {...}, "data": {...}}
+    train_examples: Callable[[int], Iterator[Example]]  # seed -> endless stream
+    evaluate: Callable[[torch.nn.Module, str, int], float]  # (model, "valid"|"test", batch) -> score
+    general_ce: Callable[[torch.nn.Module, int], float]  # (model, batch) -> nats/token
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Task(ABC):
+    name: str
+    version: str  # bump when data, evaluation or defaults change: old records become stale
+    base_model_id: str
+    peft_task_type: str
+    score_key: str  # the headline metric's key in METRICS
+    num_threads: int  # pinned: CPU results are bit-exact only for a fixed thread count
+    training_defaults: dict[str, Any]
+
+    @abstractmethod
+    def prepare(self) -> Prepared:
+        """Load (and cache) the pinned base model and data; verify their hashes."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "base_model": self.base_model_id}
+
+
+def quiet_model_loading() -> None:
+    """Model loading prints per-tensor progress bars and advisory warnings; runs report their own progress."""
+    import transformers.utils.logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+_FACTORIES: dict[str, Callable[[], Task]] = {}
+_INSTANCES: dict[str, Task] = {}
+
+
+def register(name: str, factory: Callable[[], Task]) -> None:
+    _FACTORIES[name] = factory
+    _INSTANCES.pop(name, None)
+
+
+def task_names() -> list[str]:
+    return sorted(_FACTORIES)
+
+
+def get_task(name: str) -> Task:
+    if name not in _INSTANCES:
+        _INSTANCES[name] = _FACTORIES[name]()
+    return _INSTANCES[name]
+
+
+def _register_builtin() -> None:
+    from peftrepro.tasks.arithmetic import ArithmeticTask
+
+    register("arithmetic", ArithmeticTask)
+
+
+_register_builtin()

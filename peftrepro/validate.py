@@ -1,0 +1,58 @@
+"""`peftrepro validate`: schema, policy, and does the PEFT config attach to the task's model."""
+
+from __future__ import annotations
+
+import copy
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+from peftrepro import peftconfig
+from peftrepro.errors import PeftreproError
+from peftrepro.manifest import ResolvedManifest, resolve
+from peftrepro.tasks import Prepared, get_task
+
+
+@dataclass(frozen=True)
+class Validated:
+    path: Path
+    manifest: ResolvedManifest | None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    error: PeftreproError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def validate_one(path: Path, attach: bool = True, prepared: dict[str, Prepared] | None = None) -> Validated:
+    """Validate one manifest file; never raises for bad input (the error is in the result)."""
+    try:
+        manifest = resolve(path)
+        if not attach:
+            return Validated(path, manifest)
+        config = peftconfig.build(manifest.peft_config, str(path))
+        task = get_task(manifest.task)
+        # One model load per task and command; each manifest gets a fresh copy of the base weights.
+        if prepared is not None and manifest.task in prepared:
+            base = prepared[manifest.task]
+        else:
+            base = task.prepare()
+            if prepared is not None:
+                prepared[manifest.task] = base
+
+        model = peftconfig.attach_checked(copy.deepcopy(base.model), config, str(path))
+        trainable, total = peftconfig.count_params(model)
+        del model
+        gc.collect()
+        return Validated(path, manifest, trainable, total)
+    except PeftreproError as e:
+        return Validated(path, None, error=e)
+
+
+def validate_paths(paths: list[Path], attach: bool = True) -> list[Validated]:
+    from peftrepro.manifest import find_manifests
+
+    cache: dict[str, Prepared] = {}
+    return [validate_one(p, attach, cache) for p in find_manifests(paths)]

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import peftrepro.tasks as tasks
+from tests.tiny import build_tiny_model, register_tiny
+
+LORA_MANIFEST: dict[str, Any] = {
+    "schema_version": 1,
+    "task": "arithmetic",
+    "method": "lora",
+    "name": "tiny",
+    "title": "LoRA on the tiny stand-in",
+    "authors": ["tests"],
+    "description": "A LoRA manifest used by the tests; short training so that it runs in seconds.",
+    "peft_config": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+    "training": {"max_steps": 6, "eval_steps": 3, "batch_size": 4, "warmup_steps": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(autouse=True)
+def isolated(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test: its own cache folder, and `arithmetic` backed by the tiny stand-in."""
+    monkeypatch.setenv("PEFTREPRO_CACHE", str(tmp_path / "cache"))
+    saved = (dict(tasks._FACTORIES), dict(tasks._INSTANCES))
+    register_tiny(tiny_model_dir)
+    yield
+    tasks._FACTORIES.clear(), tasks._FACTORIES.update(saved[0])
+    tasks._INSTANCES.clear(), tasks._INSTANCES.update(saved[1])
+
+
+WriteManifest = Callable[..., Path]
+
+
+@pytest.fixture
+def write_manifest(tmp_path: Path) -> WriteManifest:
+    """Write a manifest (default: the tiny LoRA one, with `changes` deep-applied) at its proper path."""
+
+    def write(changes: dict[str, Any] | None = None, *, raw: bytes | None = None, base: dict | None = None,
+              at: tuple[str, str, str] | None = None) -> Path:
+        doc = copy.deepcopy(base or LORA_MANIFEST)
+        for key, value in (changes or {}).items():
+            if value is DELETE:
+                doc.pop(key, None)
+            else:
+                doc[key] = value
+        folder = tmp_path / "submissions" / str(doc.get("task", "arithmetic")) / str(doc.get("method", "lora"))
+        folder = folder / str(doc.get("name", "tiny"))
+        if raw is not None or at is not None:
+            folder = tmp_path.joinpath("submissions", *(at or ("arithmetic", "lora", "tiny")))
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "manifest.json"
+        path.write_bytes(raw if raw is not None else json.dumps(doc).encode())
+        return path
+
+    return write
+
+
+DELETE = object()

@@ -1,0 +1,131 @@
+"""Hostile manifests: each is refused with exit code 2 and one line naming the field; no traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from peftrepro.cli import main
+from peftrepro.errors import safe_text
+from tests.conftest import DELETE, LORA_MANIFEST
+
+PC = LORA_MANIFEST["peft_config"]
+
+
+def nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+# (id, changes to the tiny LoRA manifest or raw bytes, expected pointer in the message)
+HOSTILE: list[tuple[str, dict | bytes, str]] = [
+    ("trust-remote-code-top", {"trust_remote_code": True}, "/trust_remote_code"),
+    ("trust-remote-code-peft", {"peft_config": {**PC, "trust_remote_code": True}}, "/peft_config/trust_remote_code"),
+    ("trust-remote-code-deep", {"peft_config": {**PC, "runtime_config": {"x": {"trust_remote_code": True}}}},
+     "/peft_config/runtime_config/x/trust_remote_code"),
+    ("trust-remote-code-in-list", {"peft_config": {**PC, "layers_to_transform": [{"trust_remote_code": 1}]}},
+     "/peft_config/layers_to_transform/0/trust_remote_code"),
+    ("trust-remote-code-training", {"training": {"trust_remote_code": True}}, "/training/trust_remote_code"),
+    ("name-traversal", {"name": "../../etc"}, "/name"),
+    ("name-slash", {"name": "a/b"}, "/name"),
+    ("name-uppercase", {"name": "LoRA"}, "/name"),
+    ("name-trailing-newline", {"name": "tiny\n"}, "/name"),
+    ("name-rtl-override", {"name": "tiny\u202egpj"}, "/name"),
+    ("name-homoglyph", {"name": "tіny"}, "/name"),  # Cyrillic i
+    ("name-too-long", {"name": "a" * 65}, "/name"),
+    ("name-empty", {"name": ""}, "/name"),
+    ("task-traversal", {"task": "../arithmetic"}, "/task"),
+    ("auto-mapping-module", {"peft_config": {**PC, "auto_mapping": {"base_model_class": "os.system"}}},
+     "/peft_config/auto_mapping"),
+    ("megatron-core-module", {"peft_config": {**PC, "megatron_core": "os"}}, "/peft_config/megatron_core"),
+    ("tokenizer-path", {"peft_config": {**PC, "tokenizer_name_or_path": "/etc/passwd"}},
+     "/peft_config/tokenizer_name_or_path"),
+    ("other-base-model", {"peft_config": {**PC, "base_model_name_or_path": "meta-llama/Llama-3.2-3B"}},
+     "/peft_config/base_model_name_or_path"),
+    ("path-in-field", {"peft_config": {**PC, "bias": "~/.ssh/id_rsa"}}, "/peft_config/bias"),
+    ("path-in-target-modules", {"peft_config": {**PC, "target_modules": ["/etc/passwd"]}},
+     "/peft_config/target_modules/0"),
+    ("huge-rank", {"peft_config": {**PC, "r": 10**12}}, "/peft_config/r"),
+    ("negative-rank", {"peft_config": {**PC, "r": -4}}, "/peft_config/r"),
+    ("huge-unknown-number", {"peft_config": {**PC, "layers_to_transform": [1e300]}},
+     "/peft_config/layers_to_transform/0"),
+    ("huge-steps", {"training": {"max_steps": 10**9}}, "/training/max_steps"),
+    ("negative-lr", {"training": {"optimizer_kwargs": {"lr": -1}}}, "/training/optimizer_kwargs/lr"),
+    ("zero-batch", {"training": {"batch_size": 0}}, "/training/batch_size"),
+    ("float-steps", {"training": {"max_steps": 10.5}}, "/training/max_steps"),
+    ("string-rank", {"peft_config": {**PC, "r": "8"}}, "/peft_config/r"),
+    ("bool-as-number", {"training": {"batch_size": True}}, "/training/batch_size"),
+    ("list-as-config", {"peft_config": [1, 2]}, "/peft_config"),
+    ("unknown-peft-type", {"peft_config": {**PC, "peft_type": "EVIL"}}, "/peft_config/peft_type"),
+    ("lowercase-peft-type", {"peft_config": {**PC, "peft_type": "lora"}}, "/peft_config/peft_type"),
+    ("missing-peft-type", {"peft_config": {"r": 4}}, "/peft_config/peft_type"),
+    ("unknown-top-key", {"command": "rm -rf /"}, "/command"),
+    ("unknown-training-key", {"training": {"num_threads": 64}}, "/training/num_threads"),
+    ("unknown-optimizer", {"training": {"optimizer_type": "os.system"}}, "/training/optimizer_type"),
+    ("inference-mode", {"peft_config": {**PC, "inference_mode": True}}, "/peft_config/inference_mode"),
+    ("schema-version", {"schema_version": 99}, "/schema_version"),
+    ("missing-task", {"task": DELETE}, "/task"),
+    ("long-description", {"description": "x" * 5000}, "/description"),
+    ("too-many-authors", {"authors": ["a"] * 50}, "/authors"),
+    ("odd-field-name", {"peft_config": {**PC, "a b\n": 1}}, "/peft_config"),
+    ("deeply-nested-value", {"peft_config": {**PC, "runtime_config": nested(25)}}, "/peft_config/runtime_config"),
+    ("not-json", b"{'task': 'arithmetic'}", ""),
+    ("empty-file", b"", ""),
+    ("whitespace-file", b"   \n", ""),
+    ("top-level-list", b"[1, 2, 3]", ""),
+    ("not-utf8", b'{"task": "\xff\xfe"}', ""),
+    ("nan", json.dumps(LORA_MANIFEST).replace('"r": 4', '"r": NaN').encode(), ""),
+    ("infinity", json.dumps(LORA_MANIFEST).replace('"r": 4', '"r": Infinity').encode(), ""),
+    ("duplicate-key", json.dumps(LORA_MANIFEST).replace('"r": 4', '"r": 4, "r": 400').encode(), ""),
+    ("ten-megabytes", b'{"description": "' + b"x" * 10_000_000 + b'"}', ""),
+    ("deeply-nested-file", b"[" * 100_000 + b"]" * 100_000, ""),
+    ("truncated", json.dumps(LORA_MANIFEST).encode()[:-20], ""),
+]
+
+
+@pytest.mark.parametrize(("changes", "pointer"), [(c, p) for _, c, p in HOSTILE], ids=[i for i, _, _ in HOSTILE])
+def test_hostile_manifest_is_refused_with_one_line(write_manifest, changes, pointer) -> None:
+    path = write_manifest(raw=changes) if isinstance(changes, bytes) else write_manifest(changes)
+    result = CliRunner().invoke(main, ["validate", str(path.parent)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: {safe_text(str(path))}"), lines[0]
+    assert f": {pointer}:" in lines[0] if pointer else lines[0].startswith(f"error: {safe_text(str(path))}: ")
+    assert "Traceback" not in result.output
+    assert lines[0].isascii()  # hostile characters are escaped
+    assert path.exists()  # refusing never deletes or rewrites the input
+
+
+def test_at_least_thirty_hostile_cases() -> None:
+    assert len(HOSTILE) >= 30
+
+
+def test_symlinked_manifest_is_refused(write_manifest, tmp_path: Path) -> None:
+    path = write_manifest()
+    secret = tmp_path / "secret.json"
+    secret.write_text(path.read_text())
+    path.unlink()
+    path.symlink_to(secret)
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "symbolic link" in result.stderr
+
+
+def test_hostile_manifest_in_a_real_process_prints_no_traceback(write_manifest, tiny_model_dir: Path) -> None:
+    path = write_manifest({"peft_config": {**PC, "trust_remote_code": True}})
+    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
+    proc = subprocess.run([sys.executable, "tests/tiny.py", "run", str(path)], capture_output=True, text=True,
+                          env=env, cwd=Path(__file__).parent.parent, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {path}: /peft_config/trust_remote_code: "
+                                                "remote code is never run; remove this field"]
+    assert not (path.parent / "runs").exists()  # refused before anything ran

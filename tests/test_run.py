@@ -1,0 +1,142 @@
+"""Runs on the tiny stand-in: success, determinism, failure, cancellation, and the loop's branches."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from peftrepro import schemas
+from peftrepro.cli import main
+from peftrepro.manifest import resolve
+from peftrepro.records import list_records, read_record
+from peftrepro.runners.local import run_local
+from tests.conftest import LORA_MANIFEST
+
+REPO = Path(__file__).parent.parent
+SAME_EVERY_RUN = ("test_accuracy", "forgetting", "general_ce_after", "train_loss_final", "trainable_params",
+                  "total_params", "adapter_bytes", "adapter_sha256", "valid_curve")
+
+
+def test_run_writes_a_valid_success_record(write_manifest) -> None:
+    path = write_manifest()
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    [record_file] = list_records(path.parent)
+    record = read_record(record_file)  # schema-checked
+    schemas.check(record, schemas.RUN_RECORD, str(record_file))
+    m, env = record["metrics"], record["environment"]
+    assert record["status"] == "success" and record["error"] is None
+    assert record["submission"]["manifest_sha256"] == resolve(path).sha256
+    assert record["resolved_config"]["training"]["max_steps"] == 6
+    assert [p["step"] for p in m["valid_curve"]] == [3, 6]
+    assert m["trainable_params"] == 2048 and m["steps_completed"] == 6
+    assert m["forgetting"] == pytest.approx(m["general_ce_after"] - m["general_ce_before"])
+    assert 0 < m["train_seconds"] < m["total_seconds"]
+    assert m["memory_avg_bytes"] <= m["memory_p99_bytes"] <= m["peak_memory_bytes"]
+    assert m["peak_memory_bytes"] > 50 * 2**20  # a process with torch loaded is far above 50 MiB RSS
+    assert env["manifest_sha256"] == record["submission"]["manifest_sha256"]
+    assert env["artifacts"]["model"]["weights_sha256"] and env["artifacts"]["data"]["general_text_sha256"]
+    assert env["determinism"]["deterministic_algorithms"] is True and env["determinism"]["num_threads"] == 2
+    assert env["distributions_sha256"] and any(d.startswith("torch==") for d in env["distributions"])
+    assert "test_accuracy" in result.output and str(record_file) in result.output
+
+
+def test_same_manifest_and_seed_give_identical_results(write_manifest) -> None:
+    manifest = resolve(write_manifest())
+    a = run_local(manifest, seed=3).record
+    b = run_local(manifest, seed=3).record
+    c = run_local(manifest, seed=4).record
+    assert a["run_id"] != b["run_id"]
+    assert {k: a["metrics"][k] for k in SAME_EVERY_RUN} == {k: b["metrics"][k] for k in SAME_EVERY_RUN}
+    assert a["environment"]["environment_sha256"] == b["environment"]["environment_sha256"]
+    assert c["metrics"]["adapter_sha256"] != a["metrics"]["adapter_sha256"]  # the seed really is used
+    assert len(list_records(manifest.folder)) == 3  # nothing overwritten
+
+
+def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, monkeypatch) -> None:
+    import peftrepro.job as job
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("evaluation exploded\nsecond line")
+
+    monkeypatch.setattr(job, "save_adapter", broken)
+    path = write_manifest()
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 1
+    [record_file] = list_records(path.parent)
+    record = read_record(record_file)
+    assert record["status"] == "failed"
+    assert record["error"] == {"type": "RuntimeError", "message": "evaluation exploded second line"}
+    assert record["metrics"] == {"steps_completed": 6}
+    assert record["environment"]["artifacts"]["model"]  # what was known before the failure is kept
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir: Path, sig) -> None:
+    path = write_manifest({"training": {"max_steps": 100000, "eval_steps": 100000}})
+    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
+    proc = subprocess.Popen([sys.executable, "tests/tiny.py", "run", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cache = Path(env["PEFTREPRO_CACHE"])
+    deadline = time.monotonic() + 120
+    # Training has started once the base measurements are cached; then let it take a few steps.
+    while not list(cache.glob("base-measurements/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    [record_file] = list_records(path.parent)
+    record = read_record(record_file)
+    assert record["status"] == "cancelled"
+    assert record["error"]["message"] == f"stopped by {sig.name}"
+    assert record["metrics"]["steps_completed"] > 0
+    assert "Traceback" not in err
+    assert "cancelled" in out
+
+
+METHOD_CONFIGS = {
+    "adalora": {"peft_type": "ADALORA", "init_r": 6, "target_r": 2, "total_step": 6, "tinit": 1, "tfinal": 2,
+                "deltaT": 1, "target_modules": ["q_proj", "v_proj"]},
+    "prefix-tuning": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4},
+    "prompt-tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4},
+    "p-tuning": {"peft_type": "P_TUNING", "num_virtual_tokens": 4, "encoder_hidden_size": 32},
+    "ia3": {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
+            "feedforward_modules": ["down_proj"]},
+    "loha": {"peft_type": "LOHA", "r": 2, "target_modules": ["q_proj", "v_proj"]},
+    "dora": {"peft_type": "LORA", "use_dora": True, "r": 2, "target_modules": ["q_proj", "v_proj"]},
+}
+
+
+@pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
+def test_loop_handles_each_kind_of_method(write_manifest, method) -> None:
+    path = write_manifest({"method": method, "peft_config": METHOD_CONFIGS[method],
+                           "training": {"max_steps": 4, "eval_steps": 4, "batch_size": 4}})
+    outcome = run_local(resolve(path), seed=0)
+    assert outcome.status == "success", outcome.record["error"]
+    m = outcome.record["metrics"]
+    assert m["trainable_params"] > 0 and m["adapter_bytes"] > 0 and m["steps_completed"] == 4
+
+
+def test_run_refuses_a_folder_without_one_manifest(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["run", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "expected one manifest, found 0" in result.stderr
+    result = CliRunner().invoke(main, ["run", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+
+
+def test_record_is_pretty_sorted_json(write_manifest) -> None:
+    outcome = run_local(resolve(write_manifest()), seed=0)
+    text = outcome.path.read_text()
+    assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+    assert LORA_MANIFEST["peft_config"]["target_modules"] == outcome.record["resolved_config"]["peft_config"][
+        "target_modules"]

@@ -1,0 +1,55 @@
+"""A tiny random-weights stand-in for the arithmetic task's model, built in well under a second.
+
+Same loading path as the real task (a folder `from_pretrained` reads); only the GGUF conversion
+is skipped. Llama-style `nn.Linear` layers so every PEFT method applies (OFT rejects Conv1D).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from peftrepro.tasks import register
+from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource, all_problems, general_texts
+
+
+def build_tiny_model(folder: Path) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    if (folder / "model.safetensors").exists():
+        return folder
+    texts = [f"{p.prompt} {p.answer}" for p in all_problems()[::7]] + general_texts()
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>")
+    fast.save_pretrained(folder)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                         pad_token_id=fast.pad_token_id, eos_token_id=fast.eos_token_id, bos_token_id=None,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def register_tiny(folder: Path) -> None:
+    """Make `arithmetic` load the tiny model (policy still sees the real task's base model id)."""
+    build_tiny_model(folder)
+    register("arithmetic", lambda: ArithmeticTask(LocalDirSource(folder, GGUFSource.model_id)))
+
+
+if __name__ == "__main__":
+    # `python tests/tiny.py ARGS...`: the peftrepro CLI with the tiny stand-in (for subprocess tests).
+    register_tiny(Path(os.environ["TINY_MODEL_DIR"]))
+    from peftrepro.cli import main
+
+    sys.argv[0] = "peftrepro"
+    main()
