@@ -209,7 +209,9 @@ def check_policy(
         )
     for key, value in peft_config.items():
         if _depth(value) > MAX_VALUE_DEPTH:
-            fail(("peft_config", key), f"nested deeper than {MAX_VALUE_DEPTH} levels; no PEFT field needs that")
+            fail(
+                ("peft_config", key), f"nested deeper than {MAX_VALUE_DEPTH} levels; no PEFT field needs that"
+            )
     for ptr, value in _walk(peft_config, ("peft_config",)):
         if isinstance(value, str) and _looks_like_path(value, regex=len(ptr) > 1 and ptr[1] in REGEX_FIELDS):
             fail(ptr, f"file paths are not accepted in a manifest, got {schemas.show(value)}")

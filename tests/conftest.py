@@ -47,15 +47,22 @@ WriteManifest = Callable[..., Path]
 def write_manifest(tmp_path: Path) -> WriteManifest:
     """Write a manifest (default: the tiny LoRA one, with `changes` deep-applied) at its proper path."""
 
-    def write(changes: dict[str, Any] | None = None, *, raw: bytes | None = None, base: dict | None = None,
-              at: tuple[str, str, str] | None = None) -> Path:
+    def write(
+        changes: dict[str, Any] | None = None,
+        *,
+        raw: bytes | None = None,
+        base: dict | None = None,
+        at: tuple[str, str, str] | None = None,
+    ) -> Path:
         doc = copy.deepcopy(base or LORA_MANIFEST)
         for key, value in (changes or {}).items():
             if value is DELETE:
                 doc.pop(key, None)
             else:
                 doc[key] = value
-        folder = tmp_path / "submissions" / str(doc.get("task", "arithmetic")) / str(doc.get("method", "lora"))
+        folder = (
+            tmp_path / "submissions" / str(doc.get("task", "arithmetic")) / str(doc.get("method", "lora"))
+        )
         folder = folder / str(doc.get("name", "tiny"))
         if raw is not None or at is not None:
             folder = tmp_path.joinpath("submissions", *(at or ("arithmetic", "lora", "tiny")))

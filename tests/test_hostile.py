@@ -28,11 +28,21 @@ def nested(depth: int) -> object:
 # (id, changes to the tiny LoRA manifest or raw bytes, expected pointer in the message)
 HOSTILE: list[tuple[str, dict | bytes, str]] = [
     ("trust-remote-code-top", {"trust_remote_code": True}, "/trust_remote_code"),
-    ("trust-remote-code-peft", {"peft_config": {**PC, "trust_remote_code": True}}, "/peft_config/trust_remote_code"),
-    ("trust-remote-code-deep", {"peft_config": {**PC, "runtime_config": {"x": {"trust_remote_code": True}}}},
-     "/peft_config/runtime_config/x/trust_remote_code"),
-    ("trust-remote-code-in-list", {"peft_config": {**PC, "layers_to_transform": [{"trust_remote_code": 1}]}},
-     "/peft_config/layers_to_transform/0/trust_remote_code"),
+    (
+        "trust-remote-code-peft",
+        {"peft_config": {**PC, "trust_remote_code": True}},
+        "/peft_config/trust_remote_code",
+    ),
+    (
+        "trust-remote-code-deep",
+        {"peft_config": {**PC, "runtime_config": {"x": {"trust_remote_code": True}}}},
+        "/peft_config/runtime_config/x/trust_remote_code",
+    ),
+    (
+        "trust-remote-code-in-list",
+        {"peft_config": {**PC, "layers_to_transform": [{"trust_remote_code": 1}]}},
+        "/peft_config/layers_to_transform/0/trust_remote_code",
+    ),
     ("trust-remote-code-training", {"training": {"trust_remote_code": True}}, "/training/trust_remote_code"),
     ("name-traversal", {"name": "../../etc"}, "/name"),
     ("name-slash", {"name": "a/b"}, "/name"),
@@ -43,20 +53,35 @@ HOSTILE: list[tuple[str, dict | bytes, str]] = [
     ("name-too-long", {"name": "a" * 65}, "/name"),
     ("name-empty", {"name": ""}, "/name"),
     ("task-traversal", {"task": "../arithmetic"}, "/task"),
-    ("auto-mapping-module", {"peft_config": {**PC, "auto_mapping": {"base_model_class": "os.system"}}},
-     "/peft_config/auto_mapping"),
+    (
+        "auto-mapping-module",
+        {"peft_config": {**PC, "auto_mapping": {"base_model_class": "os.system"}}},
+        "/peft_config/auto_mapping",
+    ),
     ("megatron-core-module", {"peft_config": {**PC, "megatron_core": "os"}}, "/peft_config/megatron_core"),
-    ("tokenizer-path", {"peft_config": {**PC, "tokenizer_name_or_path": "/etc/passwd"}},
-     "/peft_config/tokenizer_name_or_path"),
-    ("other-base-model", {"peft_config": {**PC, "base_model_name_or_path": "meta-llama/Llama-3.2-3B"}},
-     "/peft_config/base_model_name_or_path"),
+    (
+        "tokenizer-path",
+        {"peft_config": {**PC, "tokenizer_name_or_path": "/etc/passwd"}},
+        "/peft_config/tokenizer_name_or_path",
+    ),
+    (
+        "other-base-model",
+        {"peft_config": {**PC, "base_model_name_or_path": "meta-llama/Llama-3.2-3B"}},
+        "/peft_config/base_model_name_or_path",
+    ),
     ("path-in-field", {"peft_config": {**PC, "bias": "~/.ssh/id_rsa"}}, "/peft_config/bias"),
-    ("path-in-target-modules", {"peft_config": {**PC, "target_modules": ["/etc/passwd"]}},
-     "/peft_config/target_modules/0"),
+    (
+        "path-in-target-modules",
+        {"peft_config": {**PC, "target_modules": ["/etc/passwd"]}},
+        "/peft_config/target_modules/0",
+    ),
     ("huge-rank", {"peft_config": {**PC, "r": 10**12}}, "/peft_config/r"),
     ("negative-rank", {"peft_config": {**PC, "r": -4}}, "/peft_config/r"),
-    ("huge-unknown-number", {"peft_config": {**PC, "layers_to_transform": [1e300]}},
-     "/peft_config/layers_to_transform/0"),
+    (
+        "huge-unknown-number",
+        {"peft_config": {**PC, "layers_to_transform": [1e300]}},
+        "/peft_config/layers_to_transform/0",
+    ),
     ("huge-steps", {"training": {"max_steps": 10**9}}, "/training/max_steps"),
     ("negative-lr", {"training": {"optimizer_kwargs": {"lr": -1}}}, "/training/optimizer_kwargs/lr"),
     ("zero-batch", {"training": {"batch_size": 0}}, "/training/batch_size"),
@@ -76,7 +101,11 @@ HOSTILE: list[tuple[str, dict | bytes, str]] = [
     ("long-description", {"description": "x" * 5000}, "/description"),
     ("too-many-authors", {"authors": ["a"] * 50}, "/authors"),
     ("odd-field-name", {"peft_config": {**PC, "a b\n": 1}}, "/peft_config"),
-    ("deeply-nested-value", {"peft_config": {**PC, "runtime_config": nested(25)}}, "/peft_config/runtime_config"),
+    (
+        "deeply-nested-value",
+        {"peft_config": {**PC, "runtime_config": nested(25)}},
+        "/peft_config/runtime_config",
+    ),
     ("not-json", b"{'task': 'arithmetic'}", ""),
     ("empty-file", b"", ""),
     ("whitespace-file", b"   \n", ""),
@@ -91,7 +120,9 @@ HOSTILE: list[tuple[str, dict | bytes, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("changes", "pointer"), [(c, p) for _, c, p in HOSTILE], ids=[i for i, _, _ in HOSTILE])
+@pytest.mark.parametrize(
+    ("changes", "pointer"), [(c, p) for _, c, p in HOSTILE], ids=[i for i, _, _ in HOSTILE]
+)
 def test_hostile_manifest_is_refused_with_one_line(write_manifest, changes, pointer) -> None:
     path = write_manifest(raw=changes) if isinstance(changes, bytes) else write_manifest(changes)
     result = CliRunner().invoke(main, ["validate", str(path.parent)])
@@ -123,9 +154,16 @@ def test_symlinked_manifest_is_refused(write_manifest, tmp_path: Path) -> None:
 def test_hostile_manifest_in_a_real_process_prints_no_traceback(write_manifest, tiny_model_dir: Path) -> None:
     path = write_manifest({"peft_config": {**PC, "trust_remote_code": True}})
     env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
-    proc = subprocess.run([sys.executable, "tests/tiny.py", "run", str(path)], capture_output=True, text=True,
-                          env=env, cwd=Path(__file__).parent.parent, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "tests/tiny.py", "run", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=120,
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {path}: /peft_config/trust_remote_code: "
-                                                "remote code is never run; remove this field"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: /peft_config/trust_remote_code: remote code is never run; remove this field"
+    ]
     assert not (path.parent / "runs").exists()  # refused before anything ran

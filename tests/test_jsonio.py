@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from peftrepro.jsonio import JSONReadError, canonical_bytes, pretty_bytes, read_json, replace_file, write_new_file
+from peftrepro.jsonio import (
+    JSONReadError,
+    canonical_bytes,
+    pretty_bytes,
+    read_json,
+    replace_file,
+    write_new_file,
+)
 
 
 def test_write_new_file_refuses_to_clobber(tmp_path: Path) -> None:
@@ -37,8 +44,14 @@ def test_canonical_and_pretty_forms_are_stable() -> None:
 
 
 def test_read_json_refusals(tmp_path: Path) -> None:
-    cases = {b"": "empty", b'{"a": 1, "a": 2}': "duplicate key", b"[" * 40 + b"]" * 40: "nested deeper",
-             b'{"a": NaN}': "not valid JSON", b"\xff": "not UTF-8", b"{": "not valid JSON"}
+    cases = {
+        b"": "empty",
+        b'{"a": 1, "a": 2}': "duplicate key",
+        b"[" * 40 + b"]" * 40: "nested deeper",
+        b'{"a": NaN}': "not valid JSON",
+        b"\xff": "not UTF-8",
+        b"{": "not valid JSON",
+    }
     for raw, fragment in cases.items():
         p = tmp_path / "x.json"
         p.write_bytes(raw)

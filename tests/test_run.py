@@ -21,8 +21,17 @@ from peftrepro.runners.local import run_local
 from tests.conftest import LORA_MANIFEST
 
 REPO = Path(__file__).parent.parent
-SAME_EVERY_RUN = ("test_accuracy", "forgetting", "general_ce_after", "train_loss_final", "trainable_params",
-                  "total_params", "adapter_bytes", "adapter_sha256", "valid_curve")
+SAME_EVERY_RUN = (
+    "test_accuracy",
+    "forgetting",
+    "general_ce_after",
+    "train_loss_final",
+    "trainable_params",
+    "total_params",
+    "adapter_bytes",
+    "adapter_sha256",
+    "valid_curve",
+)
 
 
 def test_run_writes_a_valid_success_record(write_manifest) -> None:
@@ -83,8 +92,14 @@ def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, mo
 def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir: Path, sig) -> None:
     path = write_manifest({"training": {"max_steps": 100000, "eval_steps": 100000}})
     env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
-    proc = subprocess.Popen([sys.executable, "tests/tiny.py", "run", str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "tests/tiny.py", "run", str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     cache = Path(env["PEFTREPRO_CACHE"])
     deadline = time.monotonic() + 120
     # Training has started once the base measurements are cached; then let it take a few steps.
@@ -104,13 +119,24 @@ def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_di
 
 
 METHOD_CONFIGS = {
-    "adalora": {"peft_type": "ADALORA", "init_r": 6, "target_r": 2, "total_step": 6, "tinit": 1, "tfinal": 2,
-                "deltaT": 1, "target_modules": ["q_proj", "v_proj"]},
+    "adalora": {
+        "peft_type": "ADALORA",
+        "init_r": 6,
+        "target_r": 2,
+        "total_step": 6,
+        "tinit": 1,
+        "tfinal": 2,
+        "deltaT": 1,
+        "target_modules": ["q_proj", "v_proj"],
+    },
     "prefix-tuning": {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 4},
     "prompt-tuning": {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 4},
     "p-tuning": {"peft_type": "P_TUNING", "num_virtual_tokens": 4, "encoder_hidden_size": 32},
-    "ia3": {"peft_type": "IA3", "target_modules": ["k_proj", "v_proj", "down_proj"],
-            "feedforward_modules": ["down_proj"]},
+    "ia3": {
+        "peft_type": "IA3",
+        "target_modules": ["k_proj", "v_proj", "down_proj"],
+        "feedforward_modules": ["down_proj"],
+    },
     "loha": {"peft_type": "LOHA", "r": 2, "target_modules": ["q_proj", "v_proj"]},
     "dora": {"peft_type": "LORA", "use_dora": True, "r": 2, "target_modules": ["q_proj", "v_proj"]},
 }
@@ -118,8 +144,13 @@ METHOD_CONFIGS = {
 
 @pytest.mark.parametrize("method", sorted(METHOD_CONFIGS))
 def test_loop_handles_each_kind_of_method(write_manifest, method) -> None:
-    path = write_manifest({"method": method, "peft_config": METHOD_CONFIGS[method],
-                           "training": {"max_steps": 4, "eval_steps": 4, "batch_size": 4}})
+    path = write_manifest(
+        {
+            "method": method,
+            "peft_config": METHOD_CONFIGS[method],
+            "training": {"max_steps": 4, "eval_steps": 4, "batch_size": 4},
+        }
+    )
     outcome = run_local(resolve(path), seed=0)
     assert outcome.status == "success", outcome.record["error"]
     m = outcome.record["metrics"]
@@ -138,5 +169,7 @@ def test_record_is_pretty_sorted_json(write_manifest) -> None:
     outcome = run_local(resolve(write_manifest()), seed=0)
     text = outcome.path.read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
-    assert LORA_MANIFEST["peft_config"]["target_modules"] == outcome.record["resolved_config"]["peft_config"][
-        "target_modules"]
+    assert (
+        LORA_MANIFEST["peft_config"]["target_modules"]
+        == outcome.record["resolved_config"]["peft_config"]["target_modules"]
+    )

