@@ -173,3 +173,12 @@ def test_record_is_pretty_sorted_json(write_manifest) -> None:
         LORA_MANIFEST["peft_config"]["target_modules"]
         == outcome.record["resolved_config"]["peft_config"]["target_modules"]
     )
+
+
+def test_metric_registry_schema_and_runner_agree(write_manifest) -> None:
+    from peftrepro.metrics import METRICS_BY_KEY
+
+    schema_keys = set(schemas.validator(schemas.RUN_RECORD).schema["$defs"]["metrics"]["properties"])
+    assert schema_keys == set(METRICS_BY_KEY)
+    outcome = run_local(resolve(write_manifest()), seed=0)
+    assert set(outcome.record["metrics"]) == set(METRICS_BY_KEY)
