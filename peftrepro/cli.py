@@ -63,6 +63,18 @@ def validate(paths: tuple[Path, ...], no_attach: bool) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 0,1,2, got {value!r}") from None
+    if not seeds or any(not 0 <= s < 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise click.BadParameter(f"expected distinct integers in [0, 2^31), got {value!r}")
+    return seeds
+
+
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
@@ -71,34 +83,155 @@ def validate(paths: tuple[Path, ...], no_attach: bool) -> None:
     default=None,
     help="Seed for adapter init and data order (default: the manifest's training.seed).",
 )
+@click.option("--seeds", callback=parse_seeds, help="Several seeds, e.g. 0,1,2: one run and one record each.")
 @click.option(
     "--runs-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write the record (default: the submission's runs/ folder).",
+    help="Where to write the records (default: the submission's runs/ folder).",
 )
-def run(path: Path, seed: int | None, runs_dir: Path | None) -> None:
-    """Run one submission locally and write its run record."""
+def run(path: Path, seed: int | None, seeds: list[int] | None, runs_dir: Path | None) -> None:
+    """Run one submission locally and write one run record per seed."""
     from peftrepro.manifest import find_manifests, resolve
     from peftrepro.runners.local import run_local
 
+    if seed is not None and seeds is not None:
+        _fail("give --seed or --seeds, not both", EXIT_BAD_INPUT)
     found = find_manifests([path])
     if len(found) != 1:
         _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
     manifest = resolve(found[0])
-    seed = manifest.training.seed if seed is None else seed
-    click.echo(
-        f"running {manifest.task}/{manifest.method}/{manifest.name} seed {seed} "
-        f"(manifest {manifest.sha256[:12]})",
-        err=True,
-    )
-    outcome = run_local(manifest, seed=seed, runs_dir=runs_dir)
-    click.echo(summary_line(outcome.record))
-    click.echo(f"record: {outcome.path}")
-    if outcome.status == "cancelled":
+    plan = seeds or [manifest.training.seed if seed is None else seed]
+    worst = 0
+    for s in plan:
+        click.echo(
+            f"running {manifest.task}/{manifest.method}/{manifest.name} seed {s} "
+            f"(manifest {manifest.sha256[:12]})",
+            err=True,
+        )
+        outcome = run_local(manifest, seed=s, runs_dir=runs_dir)
+        click.echo(summary_line(outcome.record))
+        click.echo(f"record: {outcome.path}")
+        if outcome.status == "cancelled":
+            sys.exit(EXIT_CANCELLED)
+        if outcome.status == "failed":
+            worst = EXIT_RUN_FAILED
+    sys.exit(worst)
+
+
+@main.command()
+@paths_argument
+@click.option("--all", "all_", is_flag=True, help="Every submission under submissions/ that has a claim.")
+@click.option("--changed-since", metavar="GIT_REF", help="Submissions with files changed since this git ref.")
+@click.option("--all-seeds", is_flag=True, help="Re-run every claimed seed (default: one, chosen at random).")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Re-run this claimed seed.")
+@click.option(
+    "--submissions",
+    "root",
+    type=click.Path(path_type=Path),
+    default=Path("submissions"),
+    show_default=True,
+    help="The submissions tree (for --all and --changed-since).",
+)
+def verify(
+    paths: tuple[Path, ...],
+    all_: bool,
+    changed_since: str | None,
+    all_seeds: bool,
+    seed: int | None,
+    root: Path,
+) -> None:
+    """Re-run submissions' claimed records and judge them under each task's tolerance policy.
+
+    Writes verifications/<id>.json beside each submission's runs/. Exit 0 when every claim
+    checked was reproduced, 1 when any was not (not_reproduced or not_comparable), 2 on bad input.
+    """
+    from peftrepro.collect import Submission
+    from peftrepro.compare import VERDICTS
+    from peftrepro.verify import Verification, changed_submissions, report, select, verify_all
+
+    if seed is not None and all_seeds:
+        _fail("give --seed or --all-seeds, not both", EXIT_BAD_INPUT)
+    if bool(paths) + all_ + (changed_since is not None) != 1:
+        _fail("name submissions (PATH...), or give --all or --changed-since GIT_REF", EXIT_BAD_INPUT)
+    if paths:
+        subs = select(paths)
+        missing = [s for s in subs if not s.claims]
+    else:
+        if not root.is_dir():
+            _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
+        folders = (
+            changed_submissions(root, changed_since)
+            if changed_since
+            else sorted(p.parent for p in root.glob("*/*/*/manifest.json"))
+        )
+        subs = select(folders)
+        missing = []
+        for s in [s for s in subs if not s.claims]:
+            click.echo(f"skip {s.label}: no success record for its current manifest", err=True)
+        subs = [s for s in subs if s.claims]
+    for s in missing:
+        _fail(
+            f"{s.label}: no success record for its current manifest; run `peftrepro run {s.folder}` first",
+            EXIT_BAD_INPUT,
+        )
+    if not subs:
+        click.echo("nothing to verify")
+        return
+
+    def start(sub: Submission, s: int, claim: Path) -> None:
+        click.echo(f"{sub.label} seed {s}: re-running the claim {claim}", err=True)
+
+    def done(v: Verification) -> None:
+        click.echo(f"{v.submission} seed {v.seed}:")
+        click.echo(report(v))
+
+    results = verify_all(subs, all_seeds=all_seeds, seed=seed, runner=None, on_start=start, on_done=done)
+    counts = {k: sum(v.judgement.verdict == k for v in results if v.path) for k in VERDICTS}
+    click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if any(v.path is None for v in results):
         sys.exit(EXIT_CANCELLED)
-    if outcome.status == "failed":
-        sys.exit(EXIT_RUN_FAILED)
+    sys.exit(0 if counts["reproduced"] == len(results) else 1)
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files on disk are out of date.")
+@click.option(
+    "--submissions",
+    "root",
+    type=click.Path(path_type=Path),
+    default=Path("submissions"),
+    show_default=True,
+    help="The submissions tree to read.",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("leaderboard"),
+    show_default=True,
+    help="Where the Markdown pages and plots go.",
+)
+def leaderboard(check: bool, root: Path, out: Path) -> None:
+    """Regenerate the Markdown leaderboard from the records alone (byte-identical for identical input)."""
+    from peftrepro.pages import differences, render, write
+
+    if not root.is_dir():
+        _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
+    files, problems = render(root, out)
+    for line in problems:
+        click.echo(f"ignored {line}", err=True)
+    if check:
+        stale = differences(out, files)
+        if stale:
+            click.echo(f"{out} is out of date ({', '.join(stale)}); regenerate with `peftrepro leaderboard`")
+            sys.exit(1)
+        click.echo(f"{out} is up to date ({len(files)} files)")
+        return
+    changed = write(out, files)
+    click.echo(
+        f"wrote {out}: {len(changed)} of {len(files)} files changed"
+        + (f" ({', '.join(changed)})" if changed else "")
+    )
 
 
 def summary_line(record: dict) -> str:

@@ -147,3 +147,31 @@ METRICS: tuple[Metric, ...] = (
 )
 
 METRICS_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
+
+RELATIVE_BAND = 0.10  # memory: a re-run on the same accelerator class may differ by this fraction
+
+
+@dataclass(frozen=True)
+class VerificationPolicy:
+    """How a task's re-runs are judged. Each task states its own, from measured run-to-run spread.
+
+    `bit_exact`: in the same exact environment (equal `environment_sha256`) every `score` metric
+    must be equal, as `exact` ones are; `score_band` (absolute) is used only when it is False.
+    `nondeterministic`: `exact` metrics this task cannot reproduce (adapter bytes on GPUs), judged
+    as informational instead.
+    """
+
+    bit_exact: bool
+    score_band: float = 0.0
+    relative_band: float = RELATIVE_BAND
+    nondeterministic: tuple[str, ...] = ()
+
+    def tolerance(self, metric: Metric) -> Tolerance:
+        return "informational" if metric.key in self.nondeterministic else metric.tolerance
+
+    def describe(self) -> str:
+        if self.bit_exact:
+            scores = "scores and adapter bytes identical (bit-exact) in the same environment"
+        else:
+            scores = f"scores within ±{self.score_band:g} (absolute)"
+        return f"{scores}; memory within ±{self.relative_band:.0%} on the same accelerator class"

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from peftrepro.metrics import VerificationPolicy
+
 
 @dataclass(frozen=True)
 class Example:
@@ -43,6 +45,9 @@ class Task(ABC):
     score_key: str  # the headline metric's key in METRICS
     num_threads: int  # pinned: CPU results are bit-exact only for a fixed thread count
     training_defaults: dict[str, Any]
+    verification: VerificationPolicy
+    # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
+    pareto_cost_key: str = "peak_memory_bytes"
 
     @abstractmethod
     def prepare(self) -> Prepared:

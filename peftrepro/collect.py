@@ -1,0 +1,214 @@
+"""Read a submissions tree the way the verifier and the leaderboard see it.
+
+For each submission folder: its manifest (resolved, or why it cannot be), the records that claim
+results for the *current* manifest (newest `success` per seed), the newest record of an earlier
+manifest or task version (`stale`), and the verifications that still apply to the claims.
+Nothing is trusted: every record or verification used is schema-checked and bound to its folder,
+its file name and its manifest; every file that cannot be used is listed with the reason.
+
+Records that a newer run of the same seed supersedes are parsed but not schema-checked: they do not
+reach any output, and checking them all would make the leaderboard grow with history, not content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftrepro import schemas
+from peftrepro.compare import judge
+from peftrepro.errors import InputError, PeftreproError, safe_text
+from peftrepro.jsonio import JSONReadError, parse_json, read_capped
+from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
+from peftrepro.records import RUNS_DIR
+from peftrepro.tasks import get_task
+
+VERIFICATIONS_DIR = "verifications"
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-s[0-9]{1,10}-[0-9a-f]{6}")
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A record or verification as read from disk; `sha256` is over the file's exact bytes."""
+
+    path: Path
+    data: dict[str, Any]
+    sha256: str
+
+    @property
+    def run_id(self) -> str:
+        return str(self.data.get("run_id") or self.data.get("verification_id"))
+
+
+@dataclass
+class Submission:
+    folder: Path
+    key: tuple[str, str, str]  # (task, method, name), from the folder's place in the tree
+    manifest: ResolvedManifest | None = None
+    problem: str | None = None  # why the manifest cannot be used
+    claims: dict[int, Stored] = field(default_factory=dict)  # seed -> newest success, current manifest
+    latest: Stored | None = None  # newest record of the current manifest, any status
+    stale: Stored | None = None  # newest success of an earlier manifest or task version
+    stale_reason: str | None = None
+    verifications: dict[str, Stored] = field(default_factory=dict)  # claim run_id -> newest applicable
+    ignored: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "/".join(self.key)
+
+
+def _read(path: Path) -> tuple[dict[str, Any], str]:
+    if path.is_symlink():
+        raise JSONReadError("is a symbolic link; records must be plain files")
+    raw = read_capped(path)
+    obj = parse_json(raw)
+    if not isinstance(obj, dict):
+        raise JSONReadError("expected a JSON object")
+    return obj, hashlib.sha256(raw).hexdigest()
+
+
+def _files(folder: Path) -> list[Path]:
+    """JSON files of a records folder, newest first (names start with a UTC timestamp)."""
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")), reverse=True)
+
+
+def _field(obj: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        obj = obj.get(k) if isinstance(obj, dict) else None  # type: ignore[assignment]
+    return obj
+
+
+def load_submission(folder: Path) -> Submission:
+    sub = Submission(folder, (folder.parent.parent.name, folder.parent.name, folder.name))
+    try:
+        sub.manifest = resolve(folder / MANIFEST_FILE)
+    except PeftreproError as e:
+        sub.problem = e.message
+    _load_records(sub)
+    if sub.claims and sub.manifest is not None:
+        _load_verifications(sub)
+    return sub
+
+
+def _load_records(sub: Submission) -> None:
+    m = sub.manifest
+    version = get_task(m.task).version if m else None
+    for path in _files(sub.folder / RUNS_DIR):
+        try:
+            if not RUN_ID.fullmatch(path.stem):
+                raise JSONReadError("file name is not a run id (YYYYmmddTHHMMSSZ-sSEED-xxxxxx.json)")
+            data, sha = _read(path)
+        except (JSONReadError, OSError) as e:
+            sub.ignored.append((path, str(e)))
+            continue
+        record = Stored(path, data, sha)
+        current = m is not None and (
+            _field(data, "submission", "manifest_sha256") == m.sha256
+            and _field(data, "submission", "task_version") == version
+        )
+        success = data.get("status") == "success"
+        seed = data.get("seed")
+        if current:
+            wanted = sub.latest is None or (success and seed not in sub.claims)
+        else:
+            wanted = sub.stale is None and success and not sub.claims and sub.latest is None
+        if not wanted or not _usable(sub, record):
+            continue
+        if current:
+            sub.latest = sub.latest or record
+            if success:
+                sub.claims[data["seed"]] = record
+        else:
+            sub.stale = record
+            sub.stale_reason = _stale_reason(data, m, version)
+
+
+def _usable(sub: Submission, record: Stored) -> bool:
+    """Schema-valid and bound to this folder and file name; otherwise listed as ignored."""
+    try:
+        schemas.check(record.data, schemas.RUN_RECORD, str(record.path), InputError)
+    except InputError as e:
+        sub.ignored.append((record.path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
+        return False
+    s = record.data["submission"]
+    owner = (s["task"], s["method"], s["name"])
+    if owner != sub.key:
+        sub.ignored.append((record.path, f"belongs to {'/'.join(owner)}, not to this folder"))
+        return False
+    if record.data["run_id"] != record.path.stem:
+        sub.ignored.append((record.path, f"run_id {record.data['run_id']} does not match the file name"))
+        return False
+    return True
+
+
+def _stale_reason(data: dict[str, Any], m: ResolvedManifest | None, version: str | None) -> str:
+    if m is None:
+        return "its manifest no longer resolves"
+    if data["submission"]["task_version"] != version:
+        return f"task version {data['submission']['task_version']} (now {version})"
+    was = data["submission"]["manifest_sha256"][:12]
+    return f"manifest changed since the run (sha256 {was}, now {m.sha256[:12]})"
+
+
+def _load_verifications(sub: Submission) -> None:
+    assert sub.manifest is not None
+    by_run_id = {r.data["run_id"]: r for r in sub.claims.values()}
+    policy = get_task(sub.manifest.task).verification
+    for path in _files(sub.folder / VERIFICATIONS_DIR):
+        try:
+            data, sha = _read(path)
+        except (JSONReadError, OSError) as e:
+            sub.ignored.append((path, str(e)))
+            continue
+        claim = by_run_id.get(_field(data, "claim", "run_id"))
+        if claim is None or claim.run_id in sub.verifications:
+            continue  # verifies an older record, or a newer verification of this one was found
+        problem = _verification_problem(data, path, claim, policy)
+        if problem:
+            sub.ignored.append((path, problem))
+        else:
+            sub.verifications[claim.run_id] = Stored(path, data, sha)
+
+
+def _verification_problem(data: dict[str, Any], path: Path, claim: Stored, policy: Any) -> str | None:
+    try:
+        schemas.check(data, schemas.VERIFICATION, str(path), InputError)
+        schemas.check(data["rerun"], schemas.RUN_RECORD, str(path), InputError)
+    except InputError as e:
+        return f"{e.pointer}: {e.expected}" if e.pointer else e.expected
+    if data["verification_id"] != path.stem:
+        return "verification_id does not match the file name"
+    if data["claim"]["record_sha256"] != claim.sha256:
+        return f"the record it verified ({claim.path.name}) has changed since: it no longer counts"
+    if data["rerun"]["submission"]["manifest_sha256"] != claim.data["submission"]["manifest_sha256"]:
+        return "its re-run ran a different manifest"
+    verdict = judge(claim.data, data["rerun"], policy).verdict
+    if verdict != data["verdict"]:
+        return f"says {data['verdict']} but its own re-run gives {verdict}"
+    return None
+
+
+def load_tree(root: Path) -> tuple[list[Submission], list[tuple[Path, str]]]:
+    """Every submission under `root` (task/method/name folders), and files found outside any
+    submission (records whose manifest is missing)."""
+    subs: list[Submission] = []
+    orphans: list[tuple[Path, str]] = []
+    for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir() and not p.is_symlink()):
+        if (folder / MANIFEST_FILE).is_file():
+            subs.append(load_submission(folder))
+        else:
+            orphans.extend((p, "record for a missing manifest") for p in _files(folder / RUNS_DIR))
+            orphans.extend(
+                (p, "verification for a missing manifest") for p in _files(folder / VERIFICATIONS_DIR)
+            )
+    return subs, orphans
+
+
+def describe_ignored(path: Path, reason: str) -> str:
+    return f"{safe_text(str(path))}: {safe_text(reason)}"

@@ -1,0 +1,197 @@
+"""Judge a re-run against a claimed record: metric by metric under the task's tolerance policy,
+plus the environment fields that differ. Pure functions of two records; no files, no runs.
+
+The leaderboard calls `judge` too, on the re-run a verification carries, so a verdict typed by
+hand into a verification file does not count unless it follows from the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from peftrepro.metrics import METRICS, Metric, VerificationPolicy
+from peftrepro.schemas import show
+
+REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not_reproduced", "not_comparable"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    metric: str
+    tolerance: str  # the class applied: exact | score | relative | informational
+    claimed: Any
+    measured: Any
+    outcome: str  # match | mismatch | not_comparable | informational
+    detail: str  # the difference, in words people can check ("-0.0333, band 0")
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str
+    comparisons: list[Comparison]
+    environment_diff: list[dict[str, str]]
+    reasons: list[str]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict,
+            "comparisons": [asdict(c) for c in self.comparisons],
+            "environment_diff": self.environment_diff,
+            "reasons": self.reasons,
+        }
+
+
+def accelerator_class(environment: dict[str, Any]) -> str:
+    """What memory figures are comparable across: the CPU, or one GPU model."""
+    acc = environment.get("accelerator") or {}
+    return "cpu" if acc.get("kind") == "cpu" else f"{acc.get('kind')}:{acc.get('name')}"
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _delta(claimed: Any, measured: Any) -> str:
+    if _number(claimed) and _number(measured):
+        return f"{measured - claimed:+.6g}"
+    return "differs"
+
+
+def compare_metric(
+    metric: Metric, claimed: Any, measured: Any, policy: VerificationPolicy, same_class: bool
+) -> Comparison:
+    tol = policy.tolerance(metric)
+
+    def result(outcome: str, detail: str) -> Comparison:
+        return Comparison(metric.key, tol, claimed, measured, outcome, detail)
+
+    if claimed is None or measured is None:
+        missing = "claim" if claimed is None else "re-run"
+        return result("informational" if tol == "informational" else "mismatch", f"missing in the {missing}")
+    if tol == "informational":
+        ratio = measured / claimed if _number(claimed) and _number(measured) and claimed else None
+        return result("informational", f"ratio {ratio:.3f}" if ratio is not None else "")
+    if tol == "exact" or (tol == "score" and policy.bit_exact):
+        return (
+            result("match", "identical")
+            if claimed == measured
+            else result("mismatch", _delta(claimed, measured))
+        )
+    if tol == "score":
+        band = policy.score_band
+        if isinstance(claimed, list) and isinstance(measured, list):  # a curve: point by point
+            ok = len(claimed) == len(measured) and all(
+                a.get("step") == b.get("step")
+                and all(
+                    abs(a[k] - b[k]) <= band for k in a if k != "step" and _number(a[k]) and _number(b.get(k))
+                )
+                for a, b in zip(claimed, measured, strict=True)
+            )
+            return result("match" if ok else "mismatch", f"band {band:g} per point")
+        if _number(claimed) and _number(measured):
+            d = measured - claimed
+            return result("match" if abs(d) <= band else "mismatch", f"{d:+.6g}, band {band:g}")
+        return result("mismatch", "not a number")
+    # relative: memory, only on the same accelerator class
+    if not same_class:
+        return result("not_comparable", "different accelerator class")
+    if not (_number(claimed) and _number(measured)):
+        return result("mismatch", "not a number")
+    rel = (measured - claimed) / claimed if claimed else (0.0 if measured == 0 else math.inf)
+    outcome = "match" if abs(rel) <= policy.relative_band else "mismatch"
+    return result(outcome, f"{rel:+.1%}, band ±{policy.relative_band:.0%}")
+
+
+def environment_diff(claimed: dict[str, Any], measured: dict[str, Any]) -> list[dict[str, str]]:
+    """The fingerprint fields that differ, one level deep; installed distributions one by one."""
+    out: list[dict[str, str]] = []
+    for key in sorted(set(claimed) | set(measured)):
+        a, b = claimed.get(key), measured.get(key)
+        if a == b or key in ("distributions_sha256", "environment_sha256", "seeds"):
+            continue
+        if key == "distributions" and isinstance(a, list) and isinstance(b, list):
+            out.extend(_distribution_diff(a, b))
+        elif isinstance(a, dict) and isinstance(b, dict):
+            for sub in sorted(set(a) | set(b)):
+                if a.get(sub) != b.get(sub):
+                    out.append(
+                        {"field": f"{key}.{sub}", "claimed": show(a.get(sub)), "measured": show(b.get(sub))}
+                    )
+        else:
+            out.append({"field": key, "claimed": show(a), "measured": show(b)})
+    return out
+
+
+def _distribution_diff(claimed: list[Any], measured: list[Any]) -> list[dict[str, str]]:
+    def versions(items: list[Any]) -> dict[str, str]:
+        pairs = (str(s).partition("==") for s in items)
+        return {name: version for name, _, version in pairs}
+
+    a, b = versions(claimed), versions(measured)
+    return [
+        {
+            "field": f"distributions.{name}",
+            "claimed": a.get(name, "absent"),
+            "measured": b.get(name, "absent"),
+        }
+        for name in sorted(set(a) | set(b))
+        if a.get(name) != b.get(name)
+    ]
+
+
+def judge(claim: dict[str, Any], rerun: dict[str, Any], policy: VerificationPolicy) -> Judgement:
+    """The verdict on `claim` given a re-run of the same manifest and seed."""
+    env_c, env_m = claim.get("environment") or {}, rerun.get("environment") or {}
+    env_diff = environment_diff(env_c, env_m)
+    if rerun.get("status") != "success":
+        message = (rerun.get("error") or {}).get("message", "")
+        return Judgement(NOT_REPRODUCED, [], env_diff, [f"the re-run {rerun.get('status')}: {message}"])
+    same_class = accelerator_class(env_c) == accelerator_class(env_m)
+    comparisons = [
+        Comparison(
+            "resolved_config",
+            "exact",
+            None,
+            None,
+            *(
+                ("match", "identical")
+                if claim.get("resolved_config") == rerun.get("resolved_config")
+                else ("mismatch", "the record's resolved config is not what its manifest resolves to")
+            ),
+        )
+    ]
+    cm, mm = claim.get("metrics") or {}, rerun.get("metrics") or {}
+    for metric in METRICS:
+        if metric.key in cm or metric.key in mm:
+            comparisons.append(
+                compare_metric(metric, cm.get(metric.key), mm.get(metric.key), policy, same_class)
+            )
+    mismatched = [c for c in comparisons if c.outcome == "mismatch"]
+    if mismatched:
+        names = ", ".join(c.metric for c in mismatched)
+        same_env = env_c.get("environment_sha256") == env_m.get("environment_sha256")
+        if policy.bit_exact and not same_env:
+            fields = sorted({d["field"].split(".")[0] for d in env_diff} - {"git", "os"}) or [
+                "environment_sha256"
+            ]
+            reason = (
+                f"{names} differ, but this bit-exact track was re-run in a different environment "
+                f"({', '.join(fields)} differ): re-run in the claim's environment to judge it"
+            )
+            return Judgement(NOT_COMPARABLE, comparisons, env_diff, [reason])
+        reasons = [
+            f"{c.metric}: claimed {show(c.claimed)}, measured {show(c.measured)} ({c.detail})"
+            for c in mismatched
+        ]
+        return Judgement(NOT_REPRODUCED, comparisons, env_diff, reasons)
+    uncomparable = [c.metric for c in comparisons if c.outcome == "not_comparable"]
+    if uncomparable:
+        reason = (
+            f"{', '.join(uncomparable)} measured on {accelerator_class(env_m)}, "
+            f"claimed on {accelerator_class(env_c)}"
+        )
+        return Judgement(NOT_COMPARABLE, comparisons, env_diff, [reason])
+    return Judgement(REPRODUCED, comparisons, env_diff, [])

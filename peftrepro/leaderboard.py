@@ -1,0 +1,202 @@
+"""The leaderboard: rows from records alone, Pareto front, Markdown pages, one plot per task.
+
+`render` is a pure function of the submissions tree: identical inputs give identical bytes (sorted
+everything, fixed number formats, no timestamps), so `--check` can gate CI. Every string that came
+from a manifest or a record is escaped before it reaches Markdown.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+from peftrepro.collect import Stored, Submission
+from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
+from peftrepro.tasks import get_task
+
+COMMAND = "peftrepro leaderboard"
+STATUSES = {
+    "verified": "`peftrepro verify` re-ran at least one seed and reproduced its record under the policy",
+    "claimed": "records exist for the current manifest; no verification yet",
+    "not_reproduced": "a verification of one of its records failed: the numbers are disputed",
+    "flagged": "mean score no better than the untuned base model's: a broken setup, not a method result",
+    "failed": "the newest run of the current manifest failed and none succeeded",
+    "stale": "only records of an earlier manifest or task version exist (reason given)",
+}
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float | None  # sample standard deviation; None with one seed
+    n: int
+
+
+def stat(values: list[float]) -> Stat | None:
+    vals = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not vals or len(vals) != len(values):
+        return None
+    return Stat(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+
+@dataclass
+class Row:
+    sub: Submission
+    status: str
+    records: list[Stored]
+    stats: dict[str, Stat | None] = field(default_factory=dict)
+    verified_seeds: list[int] = field(default_factory=list)
+    note: str = ""
+    front: bool = False
+
+    def value(self, key: str) -> float:
+        s = self.stats.get(key)
+        return s.mean if s else math.nan
+
+
+SHOWN = ("forgetting", "peak_memory_bytes", "train_seconds", "adapter_bytes", "trainable_params")
+
+
+def build_row(sub: Submission, score_key: str) -> Row | None:
+    """One row per submission, or None when it has nothing to show (never run, or only cancelled)."""
+    if sub.claims:
+        records = [sub.claims[s] for s in sorted(sub.claims)]
+        verdicts = {
+            s: sub.verifications[r.run_id].data["verdict"]
+            for s, r in sub.claims.items()
+            if r.run_id in sub.verifications
+        }
+        row = Row(
+            sub, "claimed", records, verified_seeds=sorted(s for s, v in verdicts.items() if v == REPRODUCED)
+        )
+    elif sub.latest is not None and sub.latest.data["status"] == "failed":
+        return Row(sub, "failed", [sub.latest], note=sub.latest.data["error"]["message"])
+    elif sub.latest is None and sub.stale is not None:
+        row = Row(sub, "stale", [sub.stale], note=sub.stale_reason or "")
+        verdicts = {}
+    else:
+        return None
+    for key in (score_key, "base_" + score_key, *SHOWN):
+        row.stats[key] = stat([r.data["metrics"].get(key) for r in row.records])
+    if row.status == "stale":
+        return row
+    base = row.stats["base_" + score_key]
+    if NOT_REPRODUCED in verdicts.values():
+        row.status = "not_reproduced"
+    elif base is not None and row.value(score_key) <= base.mean:
+        row.status, row.note = (
+            "flagged",
+            f"mean score {row.value(score_key):.3f} ≤ base model's {base.mean:.3f}",
+        )
+    elif row.verified_seeds:
+        row.status = "verified"
+    return row
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """Which (cost, score) points no other point dominates (cost lower is better, score higher).
+
+    A point with a NaN or infinite coordinate is never on the front and dominates nothing; equal
+    points do not dominate each other, so both stay on the front. O(n log n).
+    """
+    on = [False] * len(points)
+    finite = sorted(
+        (i for i, (c, s) in enumerate(points) if math.isfinite(c) and math.isfinite(s)),
+        key=lambda i: (points[i][0], -points[i][1]),
+    )
+    best = -math.inf  # best score among strictly cheaper points
+    k = 0
+    while k < len(finite):
+        cost = points[finite[k]][0]
+        group = []
+        while k < len(finite) and points[finite[k]][0] == cost:
+            group.append(finite[k])
+            k += 1
+        top = points[group[0]][1]  # sorted by score descending within equal cost
+        if top > best:
+            for i in group:
+                on[i] = points[i][1] == top
+            best = top
+    return on
+
+
+ON_FRONT = ("verified", "claimed")  # flagged, disputed, failed and stale rows are not candidates
+
+
+def task_rows(subs: list[Submission], task: str) -> list[Row]:
+    t = get_task(task)
+    rows = [
+        r for s in subs if s.key[0] == task and s.manifest is not None and (r := build_row(s, t.score_key))
+    ]
+    candidates = [r for r in rows if r.status in ON_FRONT]
+    for r, on in zip(
+        candidates,
+        pareto_front([(r.value(t.pareto_cost_key), r.value(t.score_key)) for r in candidates]),
+        strict=True,
+    ):
+        r.front = on
+    order = {"verified": 0, "claimed": 0, "not_reproduced": 1, "flagged": 2, "failed": 3, "stale": 4}
+    rows.sort(key=lambda r: (order[r.status], -_finite(r.value(t.score_key)), r.sub.key))
+    return rows
+
+
+def _finite(x: float) -> float:
+    return x if math.isfinite(x) else -math.inf
+
+
+# ---- text formatting ---------------------------------------------------------------------------
+
+_MD_ESCAPE = set("\\`*_[]|~")  # the characters that can start Markdown markup mid-line
+_HTML_ESCAPE = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+
+
+def md(text: str, limit: int = 300) -> str:
+    """Text from a manifest or record, inert in Markdown and HTML: one line, markup characters
+    backslash-escaped, `<>&` as entities, control characters dropped. (It never starts a line,
+    so line-start markup such as `#`, `-` or `1.` cannot take effect.)"""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    out = []
+    for ch in text:
+        if ch in _HTML_ESCAPE:
+            out.append(_HTML_ESCAPE[ch])
+        elif ch in _MD_ESCAPE:
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+    return "".join(out)
+
+
+def fmt_stat(s: Stat | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:
+    if s is None:
+        return "–"
+    text = format(s.mean / scale, fmt) + unit
+    if s.std is not None:
+        text += " ± " + format(s.std / scale, fmt.lstrip("+")) + unit
+    return text
+
+
+def fmt_bytes(s: Stat | None) -> str:
+    if s is None:
+        return "–"
+    b = s.mean
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if b >= scale:
+            return f"{b / scale:.2f} {unit}"
+    return f"{b:.0f} B"
+
+
+def fmt_count(s: Stat | None) -> str:
+    return "–" if s is None else f"{round(s.mean):,}"
+
+
+def fmt_seconds(s: Stat | None) -> str:
+    return "–" if s is None else (f"{s.mean:.0f} s" if s.mean < 600 else f"{s.mean / 60:.1f} min")
+
+
+def table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return lines

@@ -1,0 +1,208 @@
+"""`peftrepro verify`: re-run a submission's claimed records and judge them.
+
+For each submission: the claims are the newest `success` record per seed of the current manifest
+(collect.py). One seed is re-run (chosen at random, so a contributor cannot know which seed will be
+checked), or each of them with `all_seeds`, through the same runner kind as the claim. The re-run
+record is judged against the claim (compare.py) and both go into `verifications/<id>.json`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftrepro import __version__, schemas
+from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_submission
+from peftrepro.compare import Judgement, judge
+from peftrepro.errors import RecordError, UsageError
+from peftrepro.jsonio import pretty_bytes, write_new_file
+from peftrepro.manifest import MANIFEST_FILE, find_manifests
+from peftrepro.records import new_run_id, timestamp, utc_now
+from peftrepro.runners import get_runner
+from peftrepro.tasks import get_task
+
+VERIFICATION_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Verification:
+    submission: str
+    seed: int
+    claim_path: Path
+    judgement: Judgement
+    path: Path | None  # the verification file; None when the re-run was cancelled
+
+
+def changed_submissions(root: Path, ref: str) -> list[Path]:
+    """Submission folders under `root` with any file changed since git `ref` (committed, staged,
+    unstaged or untracked), that still have a manifest."""
+    import git
+
+    try:
+        repo = git.Repo(root, search_parent_directories=True)
+        commit = repo.commit(ref)
+        changed = {p for d in commit.diff(None) for p in (d.a_path, d.b_path) if p}
+        changed.update(repo.untracked_files)
+    except git.InvalidGitRepositoryError:
+        raise UsageError(f"{root}: not inside a git repository; --changed-since needs one") from None
+    except (git.BadName, git.GitCommandError, ValueError):
+        raise UsageError(f"--changed-since {ref}: no such commit in this repository") from None
+    base = Path(repo.working_dir).resolve()
+    prefix = root.resolve().relative_to(base).parts if root.resolve() != base else ()
+    folders = set()
+    for p in changed:
+        parts = Path(p).parts
+        if parts[: len(prefix)] == prefix and len(parts) > len(prefix) + 3:
+            folder = root.joinpath(*parts[len(prefix) : len(prefix) + 3])
+            if (folder / MANIFEST_FILE).is_file():
+                folders.add(folder)
+    return sorted(folders)
+
+
+def select(paths: Iterable[Path]) -> list[Submission]:
+    """Load the named submissions; a path that is not a usable submission is bad input."""
+    subs = []
+    for manifest in find_manifests(paths):
+        sub = load_submission(manifest.parent)
+        if sub.problem:
+            raise UsageError(sub.problem)
+        subs.append(sub)
+    return subs
+
+
+def seeds_to_check(sub: Submission, *, all_seeds: bool, seed: int | None) -> list[int]:
+    if seed is not None:
+        if seed not in sub.claims:
+            have = ", ".join(map(str, sorted(sub.claims))) or "none"
+            raise UsageError(
+                f"{sub.label}: no success record for seed {seed} of the current manifest (seeds: {have})"
+            )
+        return [seed]
+    seeds = sorted(sub.claims)
+    return seeds if all_seeds else [secrets.choice(seeds)]
+
+
+def verify_claim(sub: Submission, seed: int, runner: str | None = None) -> Verification:
+    """Re-run one claimed seed and write the verification next to the submission's records."""
+    assert sub.manifest is not None
+    claim = sub.claims[seed]
+    kind = runner or claim.data["environment"].get("runner", "local")
+    run = get_runner(kind)
+    started = utc_now()
+    with tempfile.TemporaryDirectory(prefix="peftrepro-verify-") as tmp:
+        outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
+    if outcome.status == "cancelled":
+        return Verification(
+            sub.label, seed, claim.path, judge(claim.data, outcome.record, _policy(sub)), None
+        )
+    judgement = judge(claim.data, outcome.record, _policy(sub))
+    record = build_verification(sub, claim.data, claim.sha256, outcome.record, judgement, started)
+    path = sub.folder / VERIFICATIONS_DIR / f"{record['verification_id']}.json"
+    schemas.check(record, schemas.VERIFICATION, str(path), RecordError)
+    write_new_file(path, pretty_bytes(record))
+    return Verification(sub.label, seed, claim.path, judgement, path)
+
+
+def _policy(sub: Submission) -> Any:
+    assert sub.manifest is not None
+    return get_task(sub.manifest.task).verification
+
+
+def build_verification(
+    sub: Submission,
+    claim: dict[str, Any],
+    claim_sha256: str,
+    rerun: dict[str, Any],
+    judgement: Judgement,
+    started: Any,
+) -> dict[str, Any]:
+    policy = _policy(sub)
+    return {
+        "schema_version": VERIFICATION_SCHEMA_VERSION,
+        "verification_id": new_run_id(claim["seed"], started),
+        "toolkit": {"name": "peftrepro", "version": __version__},
+        "submission": claim["submission"],
+        "claim": {"run_id": claim["run_id"], "seed": claim["seed"], "record_sha256": claim_sha256},
+        "rerun": rerun,
+        "policy": {
+            "bit_exact": policy.bit_exact,
+            "score_band": policy.score_band,
+            "relative_band": policy.relative_band,
+            "nondeterministic": list(policy.nondeterministic),
+        },
+        **judgement.as_json(),
+        "started_at": timestamp(started),
+        "finished_at": timestamp(utc_now()),
+    }
+
+
+def verify_all(
+    subs: list[Submission],
+    *,
+    all_seeds: bool,
+    seed: int | None,
+    runner: str | None,
+    on_start: Callable[[Submission, int, Path], None],
+    on_done: Callable[[Verification], None],
+) -> list[Verification]:
+    """Verify each submission in turn; stops at the first cancelled re-run."""
+    plan = [(sub, s) for sub in subs for s in seeds_to_check(sub, all_seeds=all_seeds, seed=seed)]
+    results = []
+    for sub, s in plan:
+        on_start(sub, s, sub.claims[s].path)
+        v = verify_claim(sub, s, runner)
+        results.append(v)
+        on_done(v)
+        if v.path is None:
+            break
+    return results
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 64:
+        return value[:12] + "..."  # a sha256
+    if isinstance(value, list):
+        return f"[{len(value)} points]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, dict):
+        return "{...}"
+    return "-" if value is None else str(value)
+
+
+def report(v: Verification) -> str:
+    """The human-readable verdict for one claim: every metric, the environment diff, the verdict."""
+    from tabulate import tabulate
+
+    rows = [
+        [
+            c.metric,
+            c.tolerance,
+            _cell(c.claimed),
+            _cell(c.measured),
+            f"{c.outcome} ({c.detail})" if c.detail else c.outcome,
+        ]
+        for c in v.judgement.comparisons
+    ]
+    lines = []
+    if rows:
+        table = tabulate(
+            rows, headers=["metric", "tolerance", "claimed", "measured", "result"], disable_numparse=True
+        )
+        lines += ["  " + line for line in table.splitlines()]
+    diff = v.judgement.environment_diff
+    if diff:
+        lines.append(f"  environment: {len(diff)} field(s) differ from the claim's:")
+        lines += [f"    {d['field']}: {d['claimed']} -> {d['measured']}" for d in diff[:20]]
+        if len(diff) > 20:
+            lines.append(f"    ... and {len(diff) - 20} more (see the verification file)")
+    else:
+        lines.append("  environment: identical to the claim's")
+    lines += [f"  reason: {r}" for r in v.judgement.reasons]
+    where = f" -> {v.path}" if v.path else " (re-run cancelled; nothing written)"
+    lines.append(f"  verdict: {v.judgement.verdict.upper()}{where}")
+    return "\n".join(lines)
