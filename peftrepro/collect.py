@@ -78,6 +78,15 @@ def _files(folder: Path) -> list[Path]:
     return sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")), reverse=True)
 
 
+def _header(data: dict[str, Any]) -> tuple[Any, ...]:
+    """(status, seed, manifest sha256, task version) when well-typed, else Nones: enough to tell
+    whether a record is superseded before paying for its schema check."""
+    status, seed = data.get("status"), data.get("seed")
+    sha, version = _field(data, "submission", "manifest_sha256"), _field(data, "submission", "task_version")
+    ok = status in ("success", "failed", "cancelled") and type(seed) is int and isinstance(sha, str)
+    return (status, seed, sha, version) if ok and isinstance(version, str) else (None, None, None, None)
+
+
 def _field(obj: dict[str, Any], *keys: str) -> Any:
     for k in keys:
         obj = obj.get(k) if isinstance(obj, dict) else None  # type: ignore[assignment]
@@ -108,16 +117,15 @@ def _load_records(sub: Submission) -> None:
             sub.ignored.append((path, str(e)))
             continue
         record = Stored(path, data, sha)
-        current = m is not None and (
-            _field(data, "submission", "manifest_sha256") == m.sha256
-            and _field(data, "submission", "task_version") == version
-        )
-        success = data.get("status") == "success"
-        seed = data.get("seed")
-        if current:
-            wanted = sub.latest is None or (success and seed not in sub.claims)
+        header = _header(data)
+        current = m is not None and header[2:] == (m.sha256, version)
+        success = header[0] == "success"
+        if header[0] is None:
+            wanted = True  # a header we cannot read: the schema check below says why
+        elif current:
+            wanted = sub.latest is None or (success and header[1] not in sub.claims)
         else:
-            wanted = sub.stale is None and success and not sub.claims and sub.latest is None
+            wanted = sub.stale is None and success
         if not wanted or not _usable(sub, record):
             continue
         if current:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from peftrepro.collect import Submission, describe_ignored, load_tree
 from peftrepro.jsonio import replace_file
@@ -33,6 +34,11 @@ def _link(root_rel: str, *parts: str) -> str:
     return "/".join((root_rel, *parts))
 
 
+def _ignored_line(path: Path, why: str, root: Path, root_rel: str) -> str:
+    rel = path.relative_to(root).as_posix()
+    return f"- [{md(rel)}]({_link(root_rel, quote(rel))}): {md(why)}"
+
+
 def _records_cell(row: Row, root_rel: str) -> str:
     links = []
     for r in row.records:
@@ -54,7 +60,7 @@ def _status_cell(row: Row) -> str:
     return row.status.replace("_", " ")
 
 
-def task_page(task_name: str, rows: list[Row], subs: list[Submission], root_rel: str) -> str:
+def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Path, root_rel: str) -> str:
     t = get_task(task_name)
     score, cost = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.pareto_cost_key]
     main = [r for r in rows if r.status != "stale"]
@@ -146,7 +152,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root_rel:
             "Reported so that a broken or edited file is seen, never counted:",
             "",
         ]
-        lines += [f"- {md(describe_ignored(p, why), 400)}" for p, why in ignored]
+        lines += [_ignored_line(p, why, root, root_rel) for p, why in ignored]
     lines += ["", "## How rows are judged", "", f"- Verification policy: {t.verification.describe()}."]
     lines += [f"- `{k}`: {v}" for k, v in STATUSES.items()]
     lines += ["", "Columns:", ""]
@@ -163,7 +169,9 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root_rel:
     return "\n".join(lines) + "\n"
 
 
-def overview(rows_by_task: dict[str, list[Row]], orphans: list[tuple[Path, str]], root_rel: str) -> str:
+def overview(
+    rows_by_task: dict[str, list[Row]], orphans: list[tuple[Path, str]], root: Path, root_rel: str
+) -> str:
     lines = [
         HEADER,
         "# peftrepro leaderboard",
@@ -203,7 +211,7 @@ def overview(rows_by_task: dict[str, list[Row]], orphans: list[tuple[Path, str]]
         lines.append("")
     if orphans:
         lines += (
-            ["## Files ignored", ""] + [f"- {md(describe_ignored(p, why), 400)}" for p, why in orphans] + [""]
+            ["## Files ignored", ""] + [_ignored_line(p, why, root, root_rel) for p, why in orphans] + [""]
         )
     lines += [
         "## Metrics",
@@ -243,9 +251,9 @@ def render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     root_rel = Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
     tasks = sorted({s.key[0] for s in subs if s.key[0] in task_names()})
     rows_by_task = {t: task_rows(subs, t) for t in tasks}
-    files = {"README.md": overview(rows_by_task, orphans, root_rel).encode()}
+    files = {"README.md": overview(rows_by_task, orphans, root, root_rel).encode()}
     for t in tasks:
-        files[f"{t}.md"] = task_page(t, rows_by_task[t], subs, root_rel).encode()
+        files[f"{t}.md"] = task_page(t, rows_by_task[t], subs, root, root_rel).encode()
         files[f"{t}.svg"] = task_plot(t, rows_by_task[t])
     unknown = [s for s in subs if s.key[0] not in task_names()]
     problems = [describe_ignored(p, why) for s in subs for p, why in s.ignored]

@@ -49,16 +49,14 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
             ),
         ]
         for label, group, edge, face, marker in groups:
-            if group:
+            if not group:
+                continue
+            xs, ys = [x for _, x, _ in group], [y for _, _, y in group]
+            if marker == "x":  # an unfilled marker takes one colour
+                ax.scatter(xs, ys, label=label, marker=marker, color=edge, s=28, zorder=3)
+            else:
                 ax.scatter(
-                    [x for _, x, _ in group],
-                    [y for _, _, y in group],
-                    label=label,
-                    marker=marker,
-                    edgecolors=edge,
-                    facecolors=face,
-                    s=28,
-                    zorder=3,
+                    xs, ys, label=label, marker=marker, edgecolors=edge, facecolors=face, s=28, zorder=3
                 )
         for r, x, y in pts:  # seed spread, where there is one
             spread = r.stats.get(t.score_key)
@@ -72,8 +70,14 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
             ax.set_ylim(0, 1)
         front = sorted((x, y) for r, x, y in pts if r.front)
         if front:
-            xs, ys = zip(*front, strict=True)
-            ax.step(xs, ys, where="post", color="#1f5fa8", linewidth=1, zorder=2)
+            ax.step(
+                [x for x, _ in front],
+                [y for _, y in front],
+                where="post",
+                color="#1f5fa8",
+                linewidth=1,
+                zorder=2,
+            )
         labelled = pts if len(pts) <= LABEL_LIMIT else [p for p in pts if p[0].front]
         for r, x, y in sorted(labelled, key=lambda p: p[0].sub.key):
             ax.annotate(
@@ -88,7 +92,7 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
         ax.set_title(f"{task_name} — {t.base_model_id}")
         ax.grid(True, linewidth=0.3)
         if pts:
-            ax.legend(loc="lower right", fontsize=7)
+            ax.legend(loc="best", fontsize=7)
         else:
             ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()

@@ -1,0 +1,145 @@
+"""The leaderboard's golden input: a submissions tree with every row status and tamper case.
+
+`python -m tests.golden_tree` rewrites tests/golden/leaderboard/submissions from this file;
+`PEFTREPRO_UPDATE_GOLDEN=1 pytest tests/test_leaderboard.py` rewrites the expected pages.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tests.synthetic import manifest_doc, record, run_id, save, verification, write_manifest
+
+GOLDEN = Path(__file__).parent / "golden" / "leaderboard"
+LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+IA3 = {
+    "peft_type": "IA3",
+    "target_modules": ["k_proj", "v_proj", "down_proj"],
+    "feedforward_modules": ["down_proj"],
+}
+GiB = 2**30
+
+
+def build(root: Path) -> None:
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+
+    # verified, on the front: three seeds, seed 0 reproduced; an older truncated record is reported
+    m = write_manifest(root, manifest_doc("lora", "r8", LORA, title="LoRA r=8, all linear layers"))
+    for seed, acc in ((0, 0.62), (1, 0.34), (2, 0.55)):
+        path = save(
+            m.folder,
+            "runs",
+            record(m, seed, run_id(3, seed, seed), test_accuracy=acc, peak_memory_bytes=int(1.73 * GiB)),
+        )
+        if seed == 0:
+            save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 1)))
+        if seed == 1:  # a verification whose verdict was edited by hand: ignored, and listed
+            v = verification(path, read(path), run_id(4, 1, 2), test_accuracy=0.30)
+            v["verdict"] = "reproduced"
+            save(m.folder, "verifications", v)
+    (m.folder / "runs" / f"{run_id(1, 0, 9)}.json").write_text('{"schema_version": 1, "run_id": "2026')
+
+    # claimed, on the front (cheaper); and an exact twin of it, which must share the front
+    for name in ("small", "twin"):
+        m = write_manifest(root, manifest_doc("ia3", name, IA3))
+        for seed in (0, 1):
+            save(
+                m.folder,
+                "runs",
+                record(
+                    m,
+                    seed,
+                    run_id(3, seed, 10 + seed),
+                    test_accuracy=0.2,
+                    peak_memory_bytes=int(1.5 * GiB),
+                    adapter_bytes=230_496,
+                    trainable_params=57_600,
+                ),
+            )
+
+    # claimed, dominated: worse score and more memory than lora/r8
+    m = write_manifest(
+        root,
+        manifest_doc("loha", "r8", {"peft_type": "LOHA", "r": 8, "target_modules": ["q_proj", "v_proj"]}),
+    )
+    save(
+        m.folder, "runs", record(m, 0, run_id(3, 0, 20), test_accuracy=0.30, peak_memory_bytes=int(1.9 * GiB))
+    )
+
+    # flagged: no better than the base model; its title and description try to inject markup
+    m = write_manifest(
+        root,
+        manifest_doc(
+            "vera",
+            "broken",
+            {"peft_type": "VERA", "r": 256, "target_modules": ["q_proj", "v_proj"]},
+            title="<script>alert(1)</script> | **bold** [x](javascript:alert(1))",
+            description="<img src=x onerror=alert(1)> ![pixel](http://example.invalid/p.png) "
+            "`code` _em_ ~strike~ & |pipe|",
+        ),
+    )
+    save(
+        m.folder, "runs", record(m, 0, run_id(3, 0, 30), test_accuracy=0.02, peak_memory_bytes=int(1.2 * GiB))
+    )
+
+    # not reproduced: a verification measured a different score
+    m = write_manifest(
+        root,
+        manifest_doc(
+            "oft",
+            "disputed",
+            {"peft_type": "OFT", "oft_block_size": 32, "target_modules": ["q_proj", "v_proj"]},
+        ),
+    )
+    path = save(
+        m.folder, "runs", record(m, 0, run_id(3, 0, 40), test_accuracy=0.9, peak_memory_bytes=int(1.0 * GiB))
+    )
+    save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 41), test_accuracy=0.31))
+
+    # failed, with an error message that tries to inject markup
+    m = write_manifest(
+        root,
+        manifest_doc(
+            "boft",
+            "crashed",
+            {"peft_type": "BOFT", "boft_block_size": 4, "target_modules": ["q_proj", "v_proj"]},
+        ),
+    )
+    save(
+        m.folder,
+        "runs",
+        record(m, 0, run_id(3, 0, 50), status="failed", error="CUDA error | <b>x</b> [y](z)\nsecond line"),
+    )
+
+    # stale: the only record was made for an earlier manifest
+    m = write_manifest(
+        root, manifest_doc("hra", "old", {"peft_type": "HRA", "r": 8, "target_modules": ["q_proj", "v_proj"]})
+    )
+    save(m.folder, "runs", record(m, 0, run_id(2, 0, 60), manifest_sha256="b" * 64, test_accuracy=0.4))
+
+    # never run
+    write_manifest(
+        root,
+        manifest_doc(
+            "miss", "pending", {"peft_type": "MISS", "r": 8, "target_modules": ["q_proj", "v_proj"]}
+        ),
+    )
+
+    # a record whose manifest was deleted
+    orphan = write_manifest(root, manifest_doc("dora", "gone", {**LORA, "use_dora": True}))
+    save(orphan.folder, "runs", record(orphan, 0, run_id(3, 0, 70)))
+    (orphan.folder / "manifest.json").unlink()
+
+
+def read(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+if __name__ == "__main__":
+    build(GOLDEN / "submissions")
+    print(f"wrote {GOLDEN / 'submissions'}")

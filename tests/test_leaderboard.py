@@ -1,0 +1,193 @@
+"""The leaderboard: golden pages, Pareto front by hand-worked cases, escaping, --check, bad records."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from peftrepro.cli import main
+from peftrepro.leaderboard import md, pareto_front
+from peftrepro.pages import render
+from tests.golden_tree import GOLDEN, build
+
+INPUT, EXPECTED = GOLDEN / "submissions", GOLDEN / "expected"
+
+
+def test_golden_pages_byte_for_byte() -> None:
+    files, problems = render(INPUT, EXPECTED)
+    if os.environ.get("PEFTREPRO_UPDATE_GOLDEN"):
+        shutil.rmtree(EXPECTED, ignore_errors=True)
+        EXPECTED.mkdir(parents=True)
+        for name, data in files.items():
+            (EXPECTED / name).write_bytes(data)
+    assert sorted(files) == sorted(p.name for p in EXPECTED.iterdir())
+    for name, data in files.items():
+        assert data == (EXPECTED / name).read_bytes(), f"{name} differs; see tests/golden_tree.py"
+    assert len(problems) == 3  # truncated record, hand-edited verdict, record without manifest
+
+
+def test_golden_input_is_what_the_builder_makes(tmp_path: Path) -> None:
+    build(tmp_path / "submissions")
+    made = {
+        p.relative_to(tmp_path / "submissions"): p.read_bytes()
+        for p in (tmp_path / "submissions").rglob("*")
+        if p.is_file()
+    }
+    committed = {p.relative_to(INPUT): p.read_bytes() for p in INPUT.rglob("*") if p.is_file()}
+    assert made == committed, "run `python -m tests.golden_tree` and commit the result"
+
+
+def test_golden_rows_have_the_expected_statuses() -> None:
+    text = (EXPECTED / "arithmetic.md").read_text()
+    table = {
+        line.split("|")[2].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| ") and "](../" in line
+    }
+    status = {
+        k.split("]")[0].lstrip("["): v.split("|")[3].strip() for k, v in table.items() if k.startswith("[")
+    }
+    assert status == {
+        "lora/r8": "verified (1/3 seeds)",
+        "ia3/small": "claimed",
+        "ia3/twin": "claimed",
+        "loha/r8": "claimed",
+        "oft/disputed": "not reproduced",
+        "vera/broken": "flagged",
+        "boft/crashed": "failed",
+    }
+    stale = text.split("## Stale rows")[1].split("##")[0]
+    assert "[hra/old]" in stale and "manifest changed since the run" in stale
+    front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith("| ★")}
+    assert front == {
+        "lora/r8",
+        "ia3/small",
+        "ia3/twin",
+    }  # twins share the front; disputed/flagged never on it
+    assert "<script>" not in text and "<img" not in text
+    assert not re.search(r"(?<!\\)\]\(javascript", text)  # an escaped bracket opens no link
+
+
+def test_check_fails_after_a_record_change_until_regenerated(tmp_path: Path) -> None:
+    root, out = tmp_path / "submissions", tmp_path / "leaderboard"
+    shutil.copytree(INPUT, root)
+    runner = CliRunner()
+    assert (
+        runner.invoke(
+            main, ["leaderboard", "--submissions", str(root), "--out", str(out), "--check"]
+        ).exit_code
+        == 1
+    )
+    assert runner.invoke(main, ["leaderboard", "--submissions", str(root), "--out", str(out)]).exit_code == 0
+    result = runner.invoke(main, ["leaderboard", "--submissions", str(root), "--out", str(out), "--check"])
+    assert result.exit_code == 0 and "up to date" in result.output
+    for f in out.iterdir():  # same inputs, same bytes as the golden pages
+        assert f.read_bytes() == (EXPECTED / f.name).read_bytes()
+    record = next((root / "arithmetic/loha/r8/runs").glob("*.json"))
+    doc = json.loads(record.read_text())
+    doc["metrics"]["test_accuracy"] = 0.31
+    record.write_text(json.dumps(doc))
+    result = runner.invoke(main, ["leaderboard", "--submissions", str(root), "--out", str(out), "--check"])
+    assert result.exit_code == 1 and "arithmetic.md" in result.output and "README.md" in result.output
+    (out / "extra.md").write_text("hand-written")
+    assert runner.invoke(main, ["leaderboard", "--submissions", str(root), "--out", str(out)]).exit_code == 0
+    assert not (out / "extra.md").exists()
+    assert (
+        runner.invoke(
+            main, ["leaderboard", "--submissions", str(root), "--out", str(out), "--check"]
+        ).exit_code
+        == 0
+    )
+
+
+HOSTILE_RECORDS = {
+    "array": b"[1, 2, 3]",
+    "number": b"42",
+    "empty": b"",
+    "binary": bytes(range(256)),
+    "deep": b"[" * 5000 + b"]" * 5000,
+    "nan": b'{"schema_version": NaN}',
+    "dup": b'{"status": "success", "status": "failed"}',
+    "wrong-types": json.dumps(
+        {
+            "schema_version": 1,
+            "run_id": 5,
+            "status": ["success"],
+            "seed": "0",
+            "submission": "x",
+            "metrics": [],
+        }
+    ).encode(),
+    "huge": b'{"pad": "' + b"x" * 2_000_000 + b'"}',
+}
+
+
+def test_hostile_records_are_listed_and_never_crash_the_board(tmp_path: Path) -> None:
+    root = tmp_path / "submissions"
+    shutil.copytree(INPUT, root)
+    runs = root / "arithmetic/loha/r8/runs"
+    for i, (_, data) in enumerate(sorted(HOSTILE_RECORDS.items())):
+        (runs / f"20270101T00000{i}Z-s0-00000{i}.json").write_bytes(data)
+    (runs / "20270102T000000Z-s0-aaaaaa.json").symlink_to("/etc/passwd")
+    (runs / "not-a-run-id.json").write_text("{}")
+    files, problems = render(root, tmp_path / "leaderboard")
+    assert len(problems) == 3 + len(HOSTILE_RECORDS) + 2, problems
+    page = files["arithmetic.md"].decode()
+    assert "symbolic link" in page and "not a run id" in page and "at most 1000000" in page
+    assert "| claimed | 0.300 |" in page  # the real record behind the hostile ones still counts
+
+
+@pytest.mark.parametrize(
+    ("points", "front"),
+    [
+        ([], []),
+        ([(1.0, 0.5)], [True]),
+        ([(1.0, 0.5), (2.0, 0.4)], [True, False]),  # dominated on both axes
+        ([(1.0, 0.5), (1.0, 0.4)], [True, False]),  # same cost, lower score
+        ([(1.0, 0.5), (2.0, 0.5)], [True, False]),  # same score, higher cost
+        ([(1.0, 0.5), (1.0, 0.5)], [True, True]),  # equal points: neither dominates
+        ([(1.0, 0.2), (2.0, 0.6), (3.0, 0.9)], [True, True, True]),  # a staircase
+        ([(1.0, 0.2), (2.0, 0.1), (3.0, 0.9), (2.5, 0.9)], [True, False, False, True]),
+        ([(math.nan, 0.99), (1.0, 0.5)], [False, True]),  # NaN never on the front, dominates nothing
+        ([(1.0, math.nan), (2.0, 0.1)], [False, True]),
+        ([(math.inf, 1.0), (1.0, -math.inf)], [False, False]),
+    ],
+)
+def test_pareto_front_hand_worked(points, front) -> None:
+    assert pareto_front(points) == front
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 1.0, 2.0, 3.0, math.nan]), st.sampled_from([0.0, 0.5, 1.0, math.nan])
+        ),
+        max_size=12,
+    )
+)
+def test_pareto_front_matches_the_definition(points) -> None:
+    def dominates(a, b) -> bool:
+        return a[0] <= b[0] and a[1] >= b[1] and (a[0] < b[0] or a[1] > b[1])
+
+    finite = [p for p in points if all(math.isfinite(v) for v in p)]
+    expected = [all(math.isfinite(v) for v in p) and not any(dominates(q, p) for q in finite) for p in points]
+    assert pareto_front(points) == expected
+
+
+@given(st.text(max_size=200))
+def test_escaped_text_is_inert(text: str) -> None:
+    out = md(text)
+    assert "\n" not in out and "\r" not in out and "<" not in out and ">" not in out
+    for ch in "|[]`*_~":  # every markup character is preceded by a backslash
+        for i, c in enumerate(out):
+            if c == ch:
+                assert i > 0 and out[i - 1] == "\\", (text, out)
