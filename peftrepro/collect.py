@@ -125,7 +125,7 @@ def _load_records(sub: Submission) -> None:
         elif current:
             wanted = sub.latest is None or (success and header[1] not in sub.claims)
         else:
-            wanted = sub.stale is None and success
+            wanted = sub.stale is None and success and sub.latest is None
         if not wanted or not _usable(sub, record):
             continue
         if current:

@@ -147,8 +147,8 @@ def _finite(x: float) -> float:
 
 # ---- text formatting ---------------------------------------------------------------------------
 
-_MD_ESCAPE = set("\\`*_[]|~")  # the characters that can start Markdown markup mid-line
-_HTML_ESCAPE = {"<": "&lt;", ">": "&gt;", "&": "&amp;"}
+# Markup characters that can act mid-line get a backslash; `<>&` become entities.
+_MD_TABLE = str.maketrans({**{c: "\\" + c for c in "\\`*_[]|~"}, "<": "&lt;", ">": "&gt;", "&": "&amp;"})
 
 
 def md(text: str, limit: int = 300) -> str:
@@ -156,17 +156,11 @@ def md(text: str, limit: int = 300) -> str:
     backslash-escaped, `<>&` as entities, control characters dropped. (It never starts a line,
     so line-start markup such as `#`, `-` or `1.` cannot take effect.)"""
     text = " ".join(str(text).split())
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    out = []
-    for ch in text:
-        if ch in _HTML_ESCAPE:
-            out.append(_HTML_ESCAPE[ch])
-        elif ch in _MD_ESCAPE:
-            out.append("\\" + ch)
-        elif ch.isprintable():
-            out.append(ch)
-    return "".join(out)
+    return text.translate(_MD_TABLE)
 
 
 def fmt_stat(s: Stat | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:

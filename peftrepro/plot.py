@@ -58,10 +58,22 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
                 ax.scatter(
                     xs, ys, label=label, marker=marker, edgecolors=edge, facecolors=face, s=28, zorder=3
                 )
-        for r, x, y in pts:  # seed spread, where there is one
-            spread = r.stats.get(t.score_key)
-            if spread is not None and spread.std is not None:
-                ax.errorbar([x], [y], yerr=[spread.std], color="#999999", linewidth=0.8, capsize=2, zorder=1)
+        spread: list[tuple[float, float, float]] = []
+        for r, x, y in pts:
+            s = r.stats.get(t.score_key)
+            if s is not None and s.std is not None:
+                spread.append((x, y, s.std))
+        if spread:  # seed spread, one artist for all rows
+            ax.errorbar(
+                [p[0] for p in spread],
+                [p[1] for p in spread],
+                yerr=[p[2] for p in spread],
+                fmt="none",
+                ecolor="#999999",
+                elinewidth=0.8,
+                capsize=2,
+                zorder=1,
+            )
         bases = [r.value("base_" + t.score_key) for r, _, _ in pts]
         bases = [b for b in bases if math.isfinite(b)]
         if bases:
@@ -92,7 +104,7 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
         ax.set_title(f"{task_name} — {t.base_model_id}")
         ax.grid(True, linewidth=0.3)
         if pts:
-            ax.legend(loc="best", fontsize=7)
+            ax.legend(loc="lower right", fontsize=7)
         else:
             ax.text(0.5, 0.5, "no results yet", ha="center", va="center", transform=ax.transAxes)
         fig.tight_layout()
