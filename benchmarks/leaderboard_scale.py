@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.synthetic
 
-from peftrepro.jsonio import pretty_bytes  # noqa: E402
-from peftrepro.manifest import manifest_sha256  # noqa: E402
-from peftrepro.pages import render  # noqa: E402
-from tests.synthetic import manifest_doc, record, run_id, write_manifest  # noqa: E402
+from peftrepro.jsonio import pretty_bytes
+from peftrepro.manifest import manifest_sha256
+from peftrepro.pages import render
+from tests.synthetic import manifest_doc, record, run_id, write_manifest
 
 METHODS = ["lora", "loha", "lokr", "ia3", "vera", "boft", "hra", "fourierft"]
 RECORDS_PER_SUBMISSION = 10
@@ -83,7 +83,8 @@ def main() -> None:
             assert not problems, problems[:3]
             rows.append((written, t_render))
             print(
-                f"{written:>7} records: render {t_render:6.2f} s ({t_render / written * 1e6:5.0f} us/record); "
+                f"{written:>7} records: render {t_render:6.2f} s "
+                f"({t_render / written * 1e6:5.0f} us/record); "
                 f"built in {t_build:.1f} s; {sum(map(len, files.values())) / 1e6:.1f} MB of pages",
                 flush=True,
             )
