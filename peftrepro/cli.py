@@ -187,9 +187,9 @@ def verify(
         click.echo(report(v))
 
     results = verify_all(subs, all_seeds=all_seeds, seed=seed, runner=None, on_start=start, on_done=done)
-    counts = {k: sum(v.judgement.verdict == k for v in results if v.path) for k in VERDICTS}
+    counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
     click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    if any(v.path is None for v in results):
+    if any(v.judgement is None for v in results):
         sys.exit(EXIT_CANCELLED)
     sys.exit(0 if counts["reproduced"] == len(results) else 1)
 

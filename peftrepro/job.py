@@ -17,7 +17,7 @@ from peftrepro import peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest
-from peftrepro.measure import adapter_files
+from peftrepro.measure import adapter_files, release_freed_memory
 from peftrepro.paths import cache_root
 from peftrepro.tasks import Prepared, Task, get_task
 from peftrepro.training import configure_determinism, seed_everything, train
@@ -88,6 +88,7 @@ def execute(
     peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
     peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
     trainable, total = peftconfig.count_params(peft_model)
+    release_freed_memory()
     result = train(
         peft_model,
         prepared.train_examples(seed),

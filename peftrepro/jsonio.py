@@ -105,6 +105,17 @@ def _bracket_depth(text: str) -> int:
     return deepest
 
 
+def _default_file_mode() -> int:
+    """What open() would give a new file: 0o666 minus the umask (mkstemp's 0o600 would hide records
+    from other users of a shared checkout)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_file_mode()
+
+
 def write_new_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically and refuse to replace an existing file.
 
@@ -114,6 +125,7 @@ def write_new_file(path: Path, data: bytes) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -129,6 +141,7 @@ def replace_file(path: Path, data: bytes) -> None:
     """Atomically write or replace `path` (temp + fsync + rename), for generated files."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=path.parent)
+    os.fchmod(fd, _FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

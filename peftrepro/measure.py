@@ -27,6 +27,24 @@ def rss_bytes() -> int:
         return peak if os.uname().sysname == "Darwin" else peak * 1024
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS before training starts, so that the CPU tracks' RSS
+    figures do not depend on what ran before in the process (a cold cache dequantizes the model
+    and measures the base model first; glibc would otherwise keep those pages resident)."""
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        if libc is not None and hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+    except OSError:
+        pass  # not glibc: nothing to trim
+
+
 def percentile(values: list[int], q: float) -> int:
     """Nearest-rank percentile: always one of the samples, so it is reproducible to the byte."""
     ordered = sorted(values)

@@ -33,8 +33,8 @@ class Verification:
     submission: str
     seed: int
     claim_path: Path
-    judgement: Judgement
-    path: Path | None  # the verification file; None when the re-run was cancelled
+    judgement: Judgement | None  # None when the re-run was cancelled: nothing judged, nothing written
+    path: Path | None
 
 
 def changed_submissions(root: Path, ref: str) -> list[Path]:
@@ -96,9 +96,7 @@ def verify_claim(sub: Submission, seed: int, runner: str | None = None) -> Verif
     with tempfile.TemporaryDirectory(prefix="peftrepro-verify-") as tmp:
         outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
     if outcome.status == "cancelled":
-        return Verification(
-            sub.label, seed, claim.path, judge(claim.data, outcome.record, _policy(sub)), None
-        )
+        return Verification(sub.label, seed, claim.path, None, None)
     judgement = judge(claim.data, outcome.record, _policy(sub))
     record = build_verification(sub, claim.data, claim.sha256, outcome.record, judgement, started)
     path = sub.folder / VERIFICATIONS_DIR / f"{record['verification_id']}.json"
@@ -157,7 +155,7 @@ def verify_all(
         v = verify_claim(sub, s, runner)
         results.append(v)
         on_done(v)
-        if v.path is None:
+        if v.judgement is None:
             break
     return results
 
@@ -178,6 +176,8 @@ def report(v: Verification) -> str:
     """The human-readable verdict for one claim: every metric, the environment diff, the verdict."""
     from tabulate import tabulate
 
+    if v.judgement is None:
+        return "  re-run cancelled: nothing judged, nothing written"
     rows = [
         [
             c.metric,
@@ -203,6 +203,5 @@ def report(v: Verification) -> str:
     else:
         lines.append("  environment: identical to the claim's")
     lines += [f"  reason: {r}" for r in v.judgement.reasons]
-    where = f" -> {v.path}" if v.path else " (re-run cancelled; nothing written)"
-    lines.append(f"  verdict: {v.judgement.verdict.upper()}{where}")
+    lines.append(f"  verdict: {v.judgement.verdict.upper()} -> {v.path}")
     return "\n".join(lines)

@@ -12,9 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import peftrepro.tasks as tasks
 from peftrepro import schemas
+from peftrepro.cli import main
 from peftrepro.manifest import resolve
 from peftrepro.records import read_record
 from peftrepro.runners.local import run_local
@@ -35,7 +37,7 @@ def real_task(real_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tasks.register("arithmetic", ArithmeticTask)
 
 
-def test_real_arithmetic_lora_few_steps_twice(real_task, tmp_path: Path) -> None:
+def test_real_arithmetic_run_verify_and_a_doctored_copy(real_task, tmp_path: Path) -> None:
     folder = tmp_path / "submissions" / "arithmetic" / "lora" / "default"
     folder.mkdir(parents=True)
     doc = json.loads((REPO / "submissions/arithmetic/lora/default/manifest.json").read_text())
@@ -44,18 +46,31 @@ def test_real_arithmetic_lora_few_steps_twice(real_task, tmp_path: Path) -> None
     manifest = resolve(folder / "manifest.json")
 
     first = run_local(manifest, seed=0)
-    second = run_local(manifest, seed=0)
-    assert first.status == second.status == "success", first.record["error"]
-    for outcome in (first, second):
-        schemas.check(read_record(outcome.path), schemas.RUN_RECORD, str(outcome.path))
-    a, b = first.record["metrics"], second.record["metrics"]
-    for key in ("test_accuracy", "forgetting", "trainable_params", "adapter_sha256", "valid_curve"):
-        assert a[key] == b[key], key
-    assert a["trainable_params"] == 2_442_240  # rank 8 on every linear layer of SmolLM2-135M
-    assert a["base_test_accuracy"] <= 0.10  # the concept is absent from the base model
+    assert first.status == "success", first.record["error"]
+    schemas.check(read_record(first.path), schemas.RUN_RECORD, str(first.path))
+    m = first.record["metrics"]
+    assert m["trainable_params"] == 2_442_240  # rank 8 on every linear layer of SmolLM2-135M
+    assert m["base_test_accuracy"] <= 0.10  # the concept is absent from the base model
     artifacts = first.record["environment"]["artifacts"]
     assert artifacts["model"]["gguf_sha256"] == GGUF_SHA256
     assert artifacts["model"]["weights_sha256"] == WEIGHTS_SHA256
+
+    # The re-run reproduces the record bit for bit: scores, curve, adapter bytes.
+    result = CliRunner().invoke(main, ["verify", str(folder), "--seed", "0"])
+    assert result.exit_code == 0 and "verdict: REPRODUCED" in result.output, result.output
+    [vfile] = (folder / "verifications").glob("*.json")
+    rerun = json.loads(vfile.read_text())["rerun"]["metrics"]
+    for key in ("test_accuracy", "forgetting", "valid_curve", "train_loss_final", "adapter_sha256"):
+        assert rerun[key] == m[key], key
+
+    # A doctored copy (a better score typed in, under a newer run id) becomes the claim and fails.
+    doctored = json.loads(first.path.read_text())
+    doctored["run_id"] = first.record["run_id"][:-6] + "ffffff"
+    doctored["metrics"]["test_accuracy"] = min(1.0, m["test_accuracy"] + 0.05)
+    (folder / "runs" / f"{doctored['run_id']}.json").write_text(json.dumps(doctored))
+    result = CliRunner().invoke(main, ["verify", str(folder), "--seed", "0"])
+    assert result.exit_code == 1 and "verdict: NOT_REPRODUCED" in result.output, result.output
+    assert "reason: test_accuracy: claimed" in result.output
 
 
 def test_corrupted_model_cache_is_detected(real_task, real_cache: Path, tmp_path: Path) -> None:

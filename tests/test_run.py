@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +15,7 @@ from peftrepro.manifest import resolve
 from peftrepro.records import list_records, read_record
 from peftrepro.runners.local import run_local
 from tests.conftest import LORA_MANIFEST
+from tests.tiny import interrupt_during_training
 
 REPO = Path(__file__).parent.parent
 SAME_EVERY_RUN = (
@@ -91,24 +88,8 @@ def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, mo
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir: Path, sig) -> None:
     path = write_manifest({"training": {"max_steps": 100000, "eval_steps": 100000}})
-    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
-    proc = subprocess.Popen(
-        [sys.executable, "tests/tiny.py", "run", str(path)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    cache = Path(env["PEFTREPRO_CACHE"])
-    deadline = time.monotonic() + 120
-    # Training has started once the base measurements are cached; then let it take a few steps.
-    while not list(cache.glob("base-measurements/*.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.5)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    code, out, err = interrupt_during_training(["run", str(path)], tiny_model_dir, sig)
+    assert code == 130, err
     [record_file] = list_records(path.parent)
     record = read_record(record_file)
     assert record["status"] == "cancelled"

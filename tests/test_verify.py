@@ -197,3 +197,20 @@ def test_changed_since_finds_touched_submissions(write_manifest, tmp_path: Path,
     assert "skip arithmetic/lora/tiny" in out and "1 reproduced" in out
     code, out = cli("verify", "--changed-since", "no-such-ref")
     assert code == 2 and "no such commit" in out
+
+
+def test_interrupted_verify_writes_nothing(write_manifest, tiny_model_dir: Path) -> None:
+    """A claim of a very long run: the re-run is interrupted, exit 130, no verification written."""
+    import signal
+
+    from peftrepro.manifest import resolve
+    from tests.synthetic import record, run_id, save
+    from tests.tiny import interrupt_during_training
+
+    path = write_manifest({"training": {"max_steps": 100000, "eval_steps": 100000}})
+    save(path.parent, "runs", record(resolve(path), 0, run_id(0, 0)))
+    code, out, err = interrupt_during_training(["verify", str(path.parent)], tiny_model_dir, signal.SIGINT)
+    assert code == 130, err
+    assert "re-run cancelled" in out and "Traceback" not in err
+    assert not (path.parent / "verifications").exists()
+    assert len(list((path.parent / "runs").glob("*.json"))) == 1  # the re-run's record went nowhere

@@ -58,6 +58,31 @@ def register_tiny(folder: Path) -> None:
     register("arithmetic", lambda: ArithmeticTask(LocalDirSource(folder, GGUFSource.model_id)))
 
 
+def interrupt_during_training(args: list[str], tiny_model_dir: Path, sig: int) -> tuple[int, str, str]:
+    """Run `peftrepro ARGS` (tiny task) in a subprocess, send `sig` once training has started
+    (the base measurements are cached by then) and a few steps ran; (exit code, stdout, stderr)."""
+    import subprocess
+    import time
+
+    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
+    proc = subprocess.Popen(
+        [sys.executable, "tests/tiny.py", *args],
+        cwd=Path(__file__).parent.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    cache = Path(env["PEFTREPRO_CACHE"])
+    deadline = time.monotonic() + 120
+    while not list(cache.glob("base-measurements/*.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, out, err
+
+
 if __name__ == "__main__":
     # `python tests/tiny.py ARGS...`: the peftrepro CLI with the tiny stand-in (for subprocess tests).
     register_tiny(Path(os.environ["TINY_MODEL_DIR"]))
