@@ -7,7 +7,9 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -15,6 +17,32 @@ from peftrepro import __version__
 from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_RUN_FAILED, PeftreproError
 
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+
+
+def runner_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--runner and the container options, declared once for `run` and `verify`."""
+    options = [
+        click.option(
+            "--runner",
+            type=click.Choice(["local", "docker"]),
+            default=None,
+            help="Where runs happen (default: $PEFTREPRO_RUNNER or local; verify: the claim's runner).",
+        ),
+        click.option(
+            "--image", default=None, help="Container image (default: $PEFTREPRO_IMAGE or peftrepro:local)."
+        ),
+        click.option(
+            "--gpus",
+            type=click.Choice(["auto", "all", "none"]),
+            default=None,
+            help="Container GPUs: auto (when the engine has them), all (required), none.",
+        ),
+        click.option("--memory", default=None, help="Container memory limit, e.g. 8g."),
+        click.option("--cpus", type=click.FloatRange(0.1, 1024), default=None, help="Container CPU limit."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def _fail(message: str, code: int) -> None:
@@ -90,10 +118,18 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Where to write the records (default: the submission's runs/ folder).",
 )
-def run(path: Path, seed: int | None, seeds: list[int] | None, runs_dir: Path | None) -> None:
-    """Run one submission locally and write one run record per seed."""
+@runner_options
+def run(
+    path: Path,
+    seed: int | None,
+    seeds: list[int] | None,
+    runs_dir: Path | None,
+    runner: str | None,
+    **docker: Any,
+) -> None:
+    """Run one submission and write one run record per seed (local by default, or in a container)."""
     from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.runners.local import run_local
+    from peftrepro.runners import default_kind, get_runner
 
     if seed is not None and seeds is not None:
         _fail("give --seed or --seeds, not both", EXIT_BAD_INPUT)
@@ -102,6 +138,7 @@ def run(path: Path, seed: int | None, seeds: list[int] | None, runs_dir: Path | 
         _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
     manifest = resolve(found[0])
     plan = seeds or [manifest.training.seed if seed is None else seed]
+    run_one = get_runner(runner or default_kind(), **docker)
     worst = 0
     for s in plan:
         click.echo(
@@ -109,7 +146,7 @@ def run(path: Path, seed: int | None, seeds: list[int] | None, runs_dir: Path | 
             f"(manifest {manifest.sha256[:12]})",
             err=True,
         )
-        outcome = run_local(manifest, seed=s, runs_dir=runs_dir)
+        outcome = run_one(manifest, seed=s, runs_dir=runs_dir)
         click.echo(summary_line(outcome.record))
         click.echo(f"record: {outcome.path}")
         if outcome.status == "cancelled":
@@ -133,6 +170,7 @@ def run(path: Path, seed: int | None, seeds: list[int] | None, runs_dir: Path | 
     show_default=True,
     help="The submissions tree (for --all and --changed-since).",
 )
+@runner_options
 def verify(
     paths: tuple[Path, ...],
     all_: bool,
@@ -140,6 +178,8 @@ def verify(
     all_seeds: bool,
     seed: int | None,
     root: Path,
+    runner: str | None,
+    **docker: Any,
 ) -> None:
     """Re-run submissions' claimed records and judge them under each task's tolerance policy.
 
@@ -186,7 +226,9 @@ def verify(
         click.echo(f"{v.submission} seed {v.seed}:")
         click.echo(report(v))
 
-    results = verify_all(subs, all_seeds=all_seeds, seed=seed, runner=None, on_start=start, on_done=done)
+    results = verify_all(
+        subs, all_seeds=all_seeds, seed=seed, runner=runner, options=docker, on_start=start, on_done=done
+    )
     counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
     click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if any(v.judgement is None for v in results):
@@ -232,6 +274,18 @@ def leaderboard(check: bool, root: Path, out: Path) -> None:
         f"wrote {out}: {len(changed)} of {len(files)} files changed"
         + (f" ({', '.join(changed)})" if changed else "")
     )
+
+
+@main.command()
+@click.argument("task")
+def fetch(task: str) -> None:
+    """Put a task's pinned assets into the cache (the only step that may use the network)."""
+    from peftrepro.tasks import get_task, task_names
+
+    if task not in task_names():
+        _fail(f"unknown task {task!r}; tasks: {', '.join(task_names())}", EXIT_BAD_INPUT)
+    get_task(task).fetch()
+    click.echo(f"fetched {task}")
 
 
 def summary_line(record: dict) -> str:

@@ -8,6 +8,7 @@ commit, host names of things, timestamps) is reported but does not count.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -21,6 +22,7 @@ from peftrepro.jsonio import canonical_sha256
 # Fields of the fingerprint that must be equal for two runs to be expected bit-identical.
 EXACT_FIELDS = (
     "runner",
+    "container",
     "python",
     "distributions_sha256",
     "torch",
@@ -76,6 +78,15 @@ def _driver_version() -> str | None:
         return None
 
 
+def _interfaces() -> list[str]:
+    import socket
+
+    try:
+        return sorted(name for _, name in socket.if_nameindex())
+    except OSError:
+        return []
+
+
 def accelerator() -> dict[str, Any]:
     if not torch.cuda.is_available():
         return {"kind": "cpu", "name": None, "count": 0, "memory_bytes": None, "driver": None}
@@ -89,12 +100,31 @@ def accelerator() -> dict[str, Any]:
     }
 
 
+CONTAINER_ENV = "PEFTREPRO_CONTAINER"
+
+
+def container_facts() -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(image facts, engine facts) that the docker runner hands to the job inside its container.
+
+    The image id and repo digest can only be seen from the engine's side; everything else in the
+    fingerprint is computed here, inside the container."""
+    raw = os.environ.get(CONTAINER_ENV)
+    if not raw:
+        return None, None
+    facts = json.loads(raw)
+    image = {k: facts.get(k) for k in ("image", "image_id", "repo_digest")}
+    return image, {"version": facts.get("engine_version")}
+
+
 def fingerprint(
     *, runner: str, seed: int, manifest_sha256: str, artifacts: dict[str, Any], repo_hint: Path | None = None
 ) -> dict[str, Any]:
     dists = distributions()
+    container, engine = container_facts()
     env: dict[str, Any] = {
-        "runner": runner,
+        "runner": "docker" if container else runner,
+        "container": container,
+        "engine": engine,
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
         "distributions": dists,
@@ -124,6 +154,8 @@ def fingerprint(
             "machine": platform.machine(),
             "cpu_model": _cpu_model(),
             "cpu_count": os.cpu_count(),
+            # Inside a container run without network this is just ["lo"]: the record shows it.
+            "network_interfaces": _interfaces(),
         },
     }
     return with_artifacts(env, artifacts)

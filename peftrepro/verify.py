@@ -86,12 +86,22 @@ def seeds_to_check(sub: Submission, *, all_seeds: bool, seed: int | None) -> lis
     return seeds if all_seeds else [secrets.choice(seeds)]
 
 
-def verify_claim(sub: Submission, seed: int, runner: str | None = None) -> Verification:
-    """Re-run one claimed seed and write the verification next to the submission's records."""
+def verify_claim(
+    sub: Submission, seed: int, runner: str | None = None, options: dict[str, Any] | None = None
+) -> Verification:
+    """Re-run one claimed seed and write the verification next to the submission's records.
+    The runner kind is the claim's unless `runner` says otherwise; a docker claim is re-run in
+    the image it names (by repo digest when it has one)."""
     assert sub.manifest is not None
     claim = sub.claims[seed]
-    kind = runner or claim.data["environment"].get("runner", "local")
-    run = get_runner(kind)
+    env = claim.data["environment"]
+    kind = runner or env.get("runner", "local")
+    opts = dict(options or {})
+    container = env.get("container") or {}
+    if kind == "docker" and not opts.get("image") and container:
+        digest = container.get("repo_digest")
+        opts["image"] = digest if digest and digest != "unpinned" else container.get("image")
+    run = get_runner(kind, **opts)
     started = utc_now()
     with tempfile.TemporaryDirectory(prefix="peftrepro-verify-") as tmp:
         outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
@@ -144,6 +154,7 @@ def verify_all(
     all_seeds: bool,
     seed: int | None,
     runner: str | None,
+    options: dict[str, Any] | None = None,
     on_start: Callable[[Submission, int, Path], None],
     on_done: Callable[[Verification], None],
 ) -> list[Verification]:
@@ -152,7 +163,7 @@ def verify_all(
     results = []
     for sub, s in plan:
         on_start(sub, s, sub.claims[s].path)
-        v = verify_claim(sub, s, runner)
+        v = verify_claim(sub, s, runner, options)
         results.append(v)
         on_done(v)
         if v.judgement is None:

@@ -3,17 +3,30 @@ after writing exactly one record; `verify` re-runs a claim through the same kind
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
 from typing import Any
 
 from peftrepro.errors import UsageError
 
-RUNNER_KINDS = ("local",)
+RUNNER_KINDS = ("local", "docker")
 
 
-def get_runner(kind: str) -> Callable[..., Any]:
+def default_kind() -> str:
+    """`local` unless the PEFTREPRO_RUNNER environment variable (the config default) says otherwise."""
+    return os.environ.get("PEFTREPRO_RUNNER", "local")
+
+
+def get_runner(kind: str, **options: Any) -> Callable[..., Any]:
     if kind == "local":
         from peftrepro.runners.local import run_local
 
         return run_local
-    raise UsageError(f"runner {kind!r} is not available here; available: {', '.join(RUNNER_KINDS)}")
+    if kind == "docker":
+        from peftrepro.runners.docker import DockerOptions, run_docker
+
+        base = DockerOptions.from_env()
+        opts = DockerOptions(**{**base.__dict__, **{k: v for k, v in options.items() if v is not None}})
+        return functools.partial(run_docker, options=opts)
+    raise UsageError(f"runner {kind!r} is not available; available: {', '.join(RUNNER_KINDS)}")

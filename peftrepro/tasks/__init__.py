@@ -53,6 +53,11 @@ class Task(ABC):
     def prepare(self) -> Prepared:
         """Load (and cache) the pinned base model and data; verify their hashes."""
 
+    def fetch(self) -> None:
+        """Download or build the pinned assets into the cache (the one step allowed the network).
+        The default loads everything once, which leaves the cache warm."""
+        self.prepare()
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "base_model": self.base_model_id}
 

@@ -207,6 +207,10 @@ class ArithmeticTask(Task):
     def __init__(self, source: GGUFSource | LocalDirSource | None = None) -> None:
         self.source = source or GGUFSource()
 
+    def fetch(self) -> None:
+        quiet_model_loading()
+        self.source.materialize()
+
     def prepare(self) -> Prepared:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
