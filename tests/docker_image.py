@@ -72,9 +72,11 @@ def base_image(client, work: Path) -> None:
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
-    client.images.import_image(src=tar.stdout, repository=BASE.split(":")[0], tag=BASE.split(":")[1])
-    tar.wait()
+    tarball = work / "rootfs.tar"
+    subprocess.run(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], check=True)
+    repository, tag = BASE.split(":")
+    client.api.import_image(src=str(tarball), repository=repository, tag=tag)
+    tarball.unlink()
     subprocess.run(["rm", "-rf", str(rootfs)], check=True)
 
 
