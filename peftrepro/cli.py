@@ -19,6 +19,16 @@ from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_RUN_FAILED, Pe
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 
 
+submissions_option = click.option(
+    "--submissions",
+    "root",
+    type=click.Path(path_type=Path),
+    default=Path("submissions"),
+    show_default=True,
+    help="The submissions tree to read (verify: for --all and --changed-since).",
+)
+
+
 def runner_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """--runner and the container options, declared once for `run` and `verify`."""
     options = [
@@ -162,14 +172,7 @@ def run(
 @click.option("--changed-since", metavar="GIT_REF", help="Submissions with files changed since this git ref.")
 @click.option("--all-seeds", is_flag=True, help="Re-run every claimed seed (default: one, chosen at random).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Re-run this claimed seed.")
-@click.option(
-    "--submissions",
-    "root",
-    type=click.Path(path_type=Path),
-    default=Path("submissions"),
-    show_default=True,
-    help="The submissions tree (for --all and --changed-since).",
-)
+@submissions_option
 @runner_options
 def verify(
     paths: tuple[Path, ...],
@@ -238,14 +241,7 @@ def verify(
 
 @main.command()
 @click.option("--check", is_flag=True, help="Write nothing; exit 1 if the files on disk are out of date.")
-@click.option(
-    "--submissions",
-    "root",
-    type=click.Path(path_type=Path),
-    default=Path("submissions"),
-    show_default=True,
-    help="The submissions tree to read.",
-)
+@submissions_option
 @click.option(
     "--out",
     type=click.Path(path_type=Path),

@@ -12,6 +12,7 @@ import secrets
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from peftrepro.compare import Judgement, judge
 from peftrepro.errors import RecordError, UsageError
 from peftrepro.jsonio import pretty_bytes, write_new_file
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
+from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import new_run_id, timestamp, utc_now
 from peftrepro.runners import get_runner
 from peftrepro.tasks import get_task
@@ -107,28 +109,23 @@ def verify_claim(
         outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
     if outcome.status == "cancelled":
         return Verification(sub.label, seed, claim.path, None, None)
-    judgement = judge(claim.data, outcome.record, _policy(sub))
-    record = build_verification(sub, claim.data, claim.sha256, outcome.record, judgement, started)
+    policy = get_task(sub.manifest.task).verification
+    judgement = judge(claim.data, outcome.record, policy)
+    record = build_verification(claim.data, claim.sha256, outcome.record, judgement, policy, started)
     path = sub.folder / VERIFICATIONS_DIR / f"{record['verification_id']}.json"
     schemas.check(record, schemas.VERIFICATION, str(path), RecordError)
     write_new_file(path, pretty_bytes(record))
     return Verification(sub.label, seed, claim.path, judgement, path)
 
 
-def _policy(sub: Submission) -> Any:
-    assert sub.manifest is not None
-    return get_task(sub.manifest.task).verification
-
-
 def build_verification(
-    sub: Submission,
     claim: dict[str, Any],
     claim_sha256: str,
     rerun: dict[str, Any],
     judgement: Judgement,
-    started: Any,
+    policy: VerificationPolicy,
+    started: datetime,
 ) -> dict[str, Any]:
-    policy = _policy(sub)
     return {
         "schema_version": VERIFICATION_SCHEMA_VERSION,
         "verification_id": new_run_id(claim["seed"], started),

@@ -135,29 +135,19 @@ def verification(claim_path: Path, claim: dict[str, Any], vid: str, **rerun_metr
     """A verification of `claim` whose re-run measured the claim's metrics, with `rerun_metrics` changed."""
     import hashlib
 
+    from peftrepro.verify import build_verification
+
     rerun = copy.deepcopy(claim)
     rerun["run_id"] = vid
     rerun["metrics"].update(rerun_metrics)
     policy = get_task(claim["submission"]["task"]).verification
-    j = judge(claim, rerun, policy)
-    return {
-        "schema_version": 1,
-        "verification_id": vid,
-        "toolkit": {"name": "peftrepro", "version": "0.1.0"},
-        "submission": claim["submission"],
-        "claim": {
-            "run_id": claim["run_id"],
-            "seed": claim["seed"],
-            "record_sha256": hashlib.sha256(claim_path.read_bytes()).hexdigest(),
-        },
-        "rerun": rerun,
-        "policy": {
-            "bit_exact": policy.bit_exact,
-            "score_band": policy.score_band,
-            "relative_band": policy.relative_band,
-            "nondeterministic": list(policy.nondeterministic),
-        },
-        **j.as_json(),
-        "started_at": claim["started_at"],
-        "finished_at": claim["finished_at"],
-    }
+    sha = hashlib.sha256(claim_path.read_bytes()).hexdigest()
+    doc = build_verification(claim, sha, rerun, judge(claim, rerun, policy), policy, datetime.now(UTC))
+    # Golden files must not change with the clock or the package version.
+    doc.update(
+        verification_id=vid,
+        toolkit={"name": "peftrepro", "version": "0.1.0"},
+        started_at=claim["started_at"],
+        finished_at=claim["finished_at"],
+    )
+    return doc

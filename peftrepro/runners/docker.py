@@ -173,7 +173,8 @@ def run_docker(
         "mem_limit": opts.memory,
         "nano_cpus": int(opts.cpus * 1e9) if opts.cpus else None,
     }
-    out = Path(tempfile.mkdtemp(prefix=".docker-out-", dir=_scratch_parent(runs_dir)))
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=".docker-out-", dir=runs_dir))
     started = utc_now()
     try:
         # Assets first, in their own container that may use the network; the run itself may not.
@@ -198,11 +199,6 @@ def run_docker(
         return _collect(manifest, seed, out, runs_dir, status, error, started, facts)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-
-
-def _scratch_parent(runs_dir: Path) -> Path:
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    return runs_dir
 
 
 def _run_container(
