@@ -78,14 +78,23 @@ def main() -> None:
 @main.command()
 @paths_argument
 @click.option("--no-attach", is_flag=True, help="Schema and policy only; skip loading the task's model.")
-def validate(paths: tuple[Path, ...], no_attach: bool) -> None:
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="Also run the structural checks: identity at init, disable restores the base, only declared "
+    "parameters change, save/load round trip (seconds per manifest on CPU).",
+)
+def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
     """Check manifests: schema, policy, and that the PEFT config attaches to the task's model.
 
     PATHS may be manifest files, submission folders or trees (default: submissions/).
     """
+    from peftrepro.checks import summary
     from peftrepro.validate import validate_paths
 
-    results = validate_paths(list(paths) or [Path("submissions")], attach=not no_attach)
+    if deep and no_attach:
+        _fail("--deep needs the task's model; drop --no-attach", EXIT_BAD_INPUT)
+    results = validate_paths(list(paths) or [Path("submissions")], attach=not no_attach, deep=deep)
     if not results:
         _fail(
             "no manifest.json found under " + ", ".join(map(str, paths or ("submissions",))), EXIT_BAD_INPUT
@@ -94,7 +103,10 @@ def validate(paths: tuple[Path, ...], no_attach: bool) -> None:
         if r.error is not None:
             click.echo(f"error: {r.error.message}", err=True)
         elif r.trainable_params is not None:
-            click.echo(f"ok {r.path}: {r.trainable_params:,} trainable of {r.total_params:,} parameters")
+            checked = f"; {summary(r.checks)}" if r.checks else ""
+            click.echo(
+                f"ok {r.path}: {r.trainable_params:,} trainable of {r.total_params:,} parameters{checked}"
+            )
         else:
             click.echo(f"ok {r.path}")
     if any(not r.ok for r in results):
@@ -161,6 +173,8 @@ def run(
         click.echo(f"record: {outcome.path}")
         if outcome.status == "cancelled":
             sys.exit(EXIT_CANCELLED)
+        if (outcome.record["error"] or {}).get("type") == "CheckFailed":  # same for every seed: stop
+            _fail(outcome.record["error"]["message"], EXIT_BAD_INPUT)
         if outcome.status == "failed":
             worst = EXIT_RUN_FAILED
     sys.exit(worst)

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 
-from peftrepro import peftconfig
+from peftrepro import checks, peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
+from peftrepro.errors import RunFailed
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import adapter_files, release_freed_memory
@@ -83,9 +84,14 @@ def execute(
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
     base = base_measurements(task, prepared, cfg.batch_size_eval)
+    peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
+    # On a copy, with the RNG state restored: the run below is the same with or without them.
+    found = checks.run_checks(model, peft_cfg, prepared.probe)
+    state["checks"] = checks.as_record(found)
+    if not all(r.ok for r in found):
+        raise checks.CheckFailed(str(manifest.path), manifest.method, found)
 
     seed_everything(seed)  # the one place seeds are set: adapter init and data order both follow from here
-    peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
     peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
     trainable, total = peftconfig.count_params(peft_model)
     release_freed_memory()
@@ -104,6 +110,18 @@ def execute(
     test_score = prepared.evaluate(peft_model, "test", cfg.batch_size_eval)
     ce_after = prepared.general_ce(peft_model, cfg.batch_size_eval)
     adapter_bytes, adapter_sha = save_adapter(peft_model, adapter_dir)
+    # The recorded round trip is the trained adapter's: the very bytes adapter_sha256 names.
+    trip = checks.guarded(
+        "round_trip",
+        lambda: checks.check_round_trip(
+            peft_model, prepared.probe, lambda: prepared.load_base().to(device), saved=adapter_dir
+        ),
+    )
+    state["checks"]["round_trip"] = trip.as_record()
+    if not trip.ok:
+        raise RunFailed(
+            f"{manifest.path}: the trained adapter failed its save/load round trip: {trip.detail}"
+        )
     assert result.memory is not None
     return {
         task.score_key: test_score,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
+from peftrepro.metrics import CHECKS, IDENTITY_MARKS
 from peftrepro.tasks import get_task
 
 COMMAND = "peftrepro leaderboard"
@@ -49,6 +50,7 @@ class Row:
     verified_seeds: list[int] = field(default_factory=list)
     note: str = ""
     front: bool = False
+    checks: str = "–"
 
     def value(self, key: str) -> float:
         s = self.stats.get(key)
@@ -71,12 +73,16 @@ def build_row(sub: Submission, score_key: str) -> Row | None:
             sub, "claimed", records, verified_seeds=sorted(s for s, v in verdicts.items() if v == REPRODUCED)
         )
     elif sub.latest is not None and sub.latest.data["status"] == "failed":
-        return Row(sub, "failed", [sub.latest], note=sub.latest.data["error"]["message"])
+        failed = [sub.latest]
+        return Row(
+            sub, "failed", failed, note=sub.latest.data["error"]["message"], checks=checks_cell(failed)
+        )
     elif sub.latest is None and sub.stale is not None:
         row = Row(sub, "stale", [sub.stale], note=sub.stale_reason or "")
         verdicts = {}
     else:
         return None
+    row.checks = checks_cell(row.records)
     for key in (score_key, "base_" + score_key, *SHOWN):
         row.stats[key] = stat([r.data["metrics"].get(key) for r in row.records])
     if row.status == "stale":
@@ -92,6 +98,26 @@ def build_row(sub: Submission, score_key: str) -> Row | None:
     elif row.verified_seeds:
         row.status = "verified"
     return row
+
+
+def checks_cell(records: list[Stored]) -> str:
+    """The structural checks that every record of a row carries, as marks (`I= D M R`); a check
+    any record failed is marked ✗; "–" when the records predate the checks."""
+    marks = []
+    for c in CHECKS:
+        found = [(r.data.get("checks") or {}).get(c.key) for r in records]
+        statuses = {f.get("status") for f in found if isinstance(f, dict)}
+        if "failed" in statuses:
+            marks.append(c.code + "✗")
+        elif len(statuses) == 1 and None not in found:
+            (status,) = statuses
+            marks.append(
+                c.code + IDENTITY_MARKS.get(str(status), "") if c.key == "identity_at_init" else c.code
+            )
+        elif statuses and None not in found:  # seeds disagree (never seen): show the weakest
+            weakest = next(k for k in reversed(list(IDENTITY_MARKS)) if k in statuses)
+            marks.append(c.code + IDENTITY_MARKS[weakest])
+    return " ".join(marks) or "–"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:

@@ -148,6 +148,43 @@ METRICS: tuple[Metric, ...] = (
 
 METRICS_BY_KEY: dict[str, Metric] = {m.key: m for m in METRICS}
 
+
+@dataclass(frozen=True)
+class Check:
+    """A structural check a run record carries under `checks` (run by checks.py)."""
+
+    key: str
+    label: str
+    code: str  # the leaderboard's one-letter mark
+    meaning: str
+
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "identity_at_init",
+        "identity at init",
+        "I",
+        "a fresh adapter leaves the base model's outputs unchanged "
+        "(I= bit for bit, I≈ within float rounding, I○ not an identity by design, e.g. prompt learning)",
+    ),
+    Check(
+        "disable_restores_base", "disable restores base", "D", "the disabled adapter gives the base outputs"
+    ),
+    Check(
+        "only_declared_change",
+        "only declared parameters change",
+        "M",
+        "a training burst changes exactly the adapter's parameters; base weights keep their loaded bytes",
+    ),
+    Check(
+        "round_trip",
+        "save/load round trip",
+        "R",
+        "the trained adapter reloads into a fresh base with the same outputs and re-saves to the same bytes",
+    ),
+)
+IDENTITY_MARKS = {"exact": "=", "approximate": "≈", "not_identity_by_design": "○"}
+
 RELATIVE_BAND = 0.10  # memory: a re-run on the same accelerator class may differ by this fraction
 
 

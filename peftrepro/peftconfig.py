@@ -32,7 +32,7 @@ def build(config: dict[str, Any], file: str) -> PeftConfig:
             return cls(**fields)
     except (TypeError, ValueError, KeyError, AssertionError) as e:
         raise ManifestError(
-            file, "/peft_config", f"peft refused this {peft_type} config: {_one_line(e)}"
+            file, "/peft_config", f"peft refused this {peft_type} config: {one_line(e)}"
         ) from None
 
 
@@ -48,7 +48,7 @@ def attach_checked(model: torch.nn.Module, config: PeftConfig, file: str) -> Pef
         return attach(model, config)
     except Exception as e:  # whatever peft raises while wrapping the model, the config is at fault
         raise ManifestError(
-            file, "/peft_config", f"does not attach to the task's model: {_one_line(e)}"
+            file, "/peft_config", f"does not attach to the task's model: {one_line(e)}"
         ) from None
 
 
@@ -66,6 +66,6 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return (text[:300] + "...") if len(text) > 300 else text

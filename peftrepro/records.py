@@ -40,6 +40,7 @@ class RunResult:
     metrics: dict[str, Any]
     environment: dict[str, Any]
     error: dict[str, str] | None
+    checks: dict[str, dict[str, Any]] | None = None  # structural checks (checks.py), as far as they ran
 
 
 def build_record(
@@ -69,6 +70,7 @@ def build_record(
         "finished_at": timestamp(finished),
         "resolved_config": manifest.resolved_config(),
         "metrics": result.metrics,
+        "checks": result.checks or {},
         "environment": result.environment,
         "error": result.error,
     }

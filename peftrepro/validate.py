@@ -7,7 +7,7 @@ import gc
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftrepro import peftconfig
+from peftrepro import checks, peftconfig
 from peftrepro.errors import PeftreproError
 from peftrepro.manifest import ResolvedManifest, resolve
 from peftrepro.tasks import Prepared, get_task
@@ -19,6 +19,7 @@ class Validated:
     manifest: ResolvedManifest | None
     trainable_params: int | None = None
     total_params: int | None = None
+    checks: list[checks.CheckResult] | None = None  # with --deep
     error: PeftreproError | None = None
 
     @property
@@ -26,8 +27,11 @@ class Validated:
         return self.error is None
 
 
-def validate_one(path: Path, attach: bool = True, prepared: dict[str, Prepared] | None = None) -> Validated:
-    """Validate one manifest file; never raises for bad input (the error is in the result)."""
+def validate_one(
+    path: Path, attach: bool = True, prepared: dict[str, Prepared] | None = None, deep: bool = False
+) -> Validated:
+    """Validate one manifest file; never raises for bad input (the error is in the result).
+    `deep` adds the structural checks (checks.py) on the task's probe batch."""
     try:
         manifest = resolve(path)
         if not attach:
@@ -45,14 +49,19 @@ def validate_one(path: Path, attach: bool = True, prepared: dict[str, Prepared] 
         model = peftconfig.attach_checked(copy.deepcopy(base.model), config, str(path))
         trainable, total = peftconfig.count_params(model)
         del model
+        found = None
+        if deep:
+            found = checks.run_checks(base.model, config, base.probe)
+            if not all(r.ok for r in found):
+                raise checks.CheckFailed(str(path), manifest.method, found)
         gc.collect()
-        return Validated(path, manifest, trainable, total)
+        return Validated(path, manifest, trainable, total, found)
     except PeftreproError as e:
         return Validated(path, None, error=e)
 
 
-def validate_paths(paths: list[Path], attach: bool = True) -> list[Validated]:
+def validate_paths(paths: list[Path], attach: bool = True, deep: bool = False) -> list[Validated]:
     from peftrepro.manifest import find_manifests
 
     cache: dict[str, Prepared] = {}
-    return [validate_one(p, attach, cache) for p in find_manifests(paths)]
+    return [validate_one(p, attach, cache, deep) for p in find_manifests(paths)]

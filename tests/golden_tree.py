@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.synthetic import manifest_doc, record, run_id, save, verification, write_manifest
+from tests.synthetic import PASSED_CHECKS, manifest_doc, record, run_id, save, verification, write_manifest
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard"
 LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
@@ -81,8 +81,54 @@ def build(root: Path) -> None:
             "`code` _em_ ~strike~ & |pipe|",
         ),
     )
+    save(  # made before the structural checks existed: its checks cell is "–"
+        m.folder,
+        "runs",
+        record(m, 0, run_id(3, 0, 30), test_accuracy=0.02, peak_memory_bytes=int(1.2 * GiB), checks={}),
+    )
+
+    # claimed, an identity at init only up to float rounding (I≈)
+    m = write_manifest(
+        root, manifest_doc("hra", "r8", {"peft_type": "HRA", "r": 8, "target_modules": ["q_proj"]})
+    )
+    approximate = {
+        **PASSED_CHECKS,
+        "identity_at_init": {
+            "status": "approximate",
+            "detail": "max |diff| 5.5e-05",
+            "max_abs_diff": 5.5e-05,
+        },
+    }
+    save(m.folder, "runs", record(m, 0, run_id(3, 0, 35), test_accuracy=0.25, checks=approximate))
+
+    # failed a structural check before training: a fresh OFT adapter on 3x3 convolutions is no identity
+    m = write_manifest(
+        root,
+        manifest_doc("oft", "conv", {"peft_type": "OFT", "oft_block_size": 8, "target_modules": ["q_proj"]}),
+    )
+    failed_identity = {
+        **PASSED_CHECKS,
+        "identity_at_init": {
+            "status": "failed",
+            "detail": "a fresh adapter changes the output by up to 1.59 (allowed 0)",
+            "max_abs_diff": 1.59,
+        },
+    }
+    message = (
+        "structural check of oft: identity_at_init failed: a fresh adapter changes the output by up to 1.59"
+    )
     save(
-        m.folder, "runs", record(m, 0, run_id(3, 0, 30), test_accuracy=0.02, peak_memory_bytes=int(1.2 * GiB))
+        m.folder,
+        "runs",
+        record(
+            m,
+            0,
+            run_id(3, 0, 36),
+            status="failed",
+            error=message,
+            error_type="CheckFailed",
+            checks=failed_identity,
+        ),
     )
 
     # not reproduced: a verification measured a different score

@@ -42,6 +42,26 @@ METRICS: dict[str, Any] = {
 }
 
 
+PASSED_CHECKS: dict[str, dict[str, Any]] = {
+    "identity_at_init": {
+        "status": "exact",
+        "detail": "outputs equal the base model's bit for bit",
+        "max_abs_diff": 0.0,
+    },
+    "disable_restores_base": {
+        "status": "passed",
+        "detail": "disabled adapter gives the base outputs",
+        "max_abs_diff": 0.0,
+    },
+    "only_declared_change": {
+        "status": "passed",
+        "detail": "14 adapter tensors changed",
+        "max_abs_diff": None,
+    },
+    "round_trip": {"status": "passed", "detail": "reloaded outputs identical", "max_abs_diff": 0.0},
+}
+
+
 def environment(seed: int, manifest_sha256: str) -> dict[str, Any]:
     env: dict[str, Any] = {
         "runner": "local",
@@ -99,6 +119,8 @@ def record(
     status: str = "success",
     error: str | None = None,
     manifest_sha256: str | None = None,
+    checks: dict[str, dict[str, Any]] | None = None,
+    error_type: str = "RuntimeError",
     **metrics: Any,
 ) -> dict[str, Any]:
     sha = manifest_sha256 or manifest.sha256
@@ -115,7 +137,8 @@ def record(
             status,
             values,
             environment(seed, sha),
-            {"type": "RuntimeError", "message": error} if error else None,
+            {"type": error_type, "message": error} if error else None,
+            PASSED_CHECKS if checks is None else checks,
         ),
     )
     rec["submission"]["manifest_sha256"] = sha

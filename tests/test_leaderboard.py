@@ -61,10 +61,19 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "ia3/small": "claimed",
         "ia3/twin": "claimed",
         "loha/r8": "claimed",
+        "hra/r8": "claimed",
         "oft/disputed": "not reproduced",
         "vera/broken": "flagged",
         "boft/crashed": "failed",
+        "oft/conv": "failed",
     }
+    checks = {
+        k.split("]")[0].lstrip("["): v.split("|")[11].strip() for k, v in table.items() if k.startswith("[")
+    }
+    assert checks["lora/r8"] == "I= D M R"
+    assert checks["hra/r8"] == "I≈ D M R"  # identity up to float rounding
+    assert checks["oft/conv"] == "I✗ D M R"  # refused before training
+    assert checks["vera/broken"] == "–"  # recorded before the checks existed
     stale = text.split("## Stale rows")[1].split("##")[0]
     assert "[hra/old]" in stale and "manifest changed since the run" in stale
     front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith("| ★")}
@@ -72,6 +81,7 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "lora/r8",
         "ia3/small",
         "ia3/twin",
+        "hra/r8",
     }  # twins share the front; disputed/flagged never on it
     assert "<script>" not in text and "<img" not in text
     assert not re.search(r"(?<!\\)\]\(javascript", text)  # an escaped bracket opens no link

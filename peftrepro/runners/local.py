@@ -76,7 +76,7 @@ def run_local(
                 state=state,
                 adapter_dir=adapter_dir(manifest.task, manifest.method, manifest.name, run_id),
             )
-            result = RunResult("success", metrics, state["environment"], None)
+            result = RunResult("success", metrics, state["environment"], None, state.get("checks"))
         except RunCancelled as c:
             result = _partial(
                 state, "cancelled", {"type": "RunCancelled", "message": f"stopped by {c.signal_name}"}
@@ -103,4 +103,10 @@ def run_local(
 
 
 def _partial(state: dict[str, Any], status: str, error: dict[str, str]) -> RunResult:
-    return RunResult(status, {"steps_completed": state["steps_completed"]}, state["environment"], error)
+    return RunResult(
+        status,
+        {"steps_completed": state["steps_completed"]},
+        state["environment"],
+        error,
+        state.get("checks"),
+    )

@@ -24,6 +24,14 @@ class Example:
     labels: list[int]
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A fixed small batch for the structural checks (`checks.py`): the same inputs on every call."""
+
+    outputs: Callable[[torch.nn.Module], torch.Tensor]  # forward pass -> the output tensor compared
+    loss: Callable[[torch.nn.Module], torch.Tensor]  # a training loss on the same batch
+
+
 @dataclass
 class Prepared:
     """A task ready to run: base model loaded, data generated, artifact hashes known."""
@@ -34,6 +42,8 @@ class Prepared:
     train_examples: Callable[[int], Iterator[Example]]  # seed -> endless stream
     evaluate: Callable[[torch.nn.Module, str, int], float]  # (model, "valid"|"test", batch) -> score
     general_ce: Callable[[torch.nn.Module, int], float]  # (model, batch) -> nats/token
+    probe: Probe
+    load_base: Callable[[], torch.nn.Module]  # a fresh copy of the base model, as loaded from the cache
     extra: dict[str, Any] = field(default_factory=dict)
 
 

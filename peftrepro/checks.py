@@ -1,0 +1,305 @@
+"""Structural checks of a PEFT integration, run before any training (`validate --deep`, every `run`).
+
+A broken method costs a whole run and, worse, can reach the leaderboard as a "result" (peft 0.21.2's
+OFT on 3x3 convolutions changes the output before training and then diverges, with no error).
+Four cheap checks on a task's fixed probe batch catch that whole class of fault:
+
+1. identity_at_init: a fresh adapter leaves the base model's outputs unchanged (see INIT_BEHAVIOUR);
+2. disable_restores_base: after a short training burst, the disabled adapter gives the base outputs;
+3. only_declared_change: the burst changes exactly the adapter's own parameters (modules_to_save
+   included) and every base weight keeps the bytes that were loaded from the pinned file;
+4. round_trip: the saved adapter reloads into a fresh base with the same outputs, and saving the
+   reloaded adapter gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftConfig, PeftModel
+
+from peftrepro import peftconfig
+from peftrepro.errors import PeftreproError
+from peftrepro.measure import adapter_files
+from peftrepro.metrics import CHECKS
+from peftrepro.tasks import Probe
+
+PASSED, FAILED = "passed", "failed"
+EXACT, APPROXIMATE, BY_DESIGN = "exact", "approximate", "not_identity_by_design"
+# The checks' own seed and burst: fixed, so that they never depend on (or disturb) the run's seed.
+CHECK_SEED = 20261122
+BURST_STEPS = 3
+BURST_LR = 1e-3
+# Relative to the largest base output: float32 rounding of an identity built from products.
+APPROXIMATE_TOLERANCE = 1e-5
+
+
+@dataclass(frozen=True)
+class InitBehaviour:
+    kind: str  # EXACT | APPROXIMATE | BY_DESIGN
+    reason: str
+
+
+_PROMPT = "prompt learning: trained virtual tokens are attended to from the first step"
+_ROTATION = "an orthogonal product that equals I only up to float rounding"
+# PEFT type -> (config field, value that makes it an exact identity or None, behaviour otherwise).
+# Types not listed are exact identities: a zero factor makes the update exactly zero.
+INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[str, Any, InitBehaviour]] = {
+    "PREFIX_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
+    "PROMPT_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
+    "P_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
+    "CARTRIDGE": InitBehaviour(BY_DESIGN, _PROMPT + " (a trainable KV cache)"),
+    "VBLORA": InitBehaviour(BY_DESIGN, "A and B are both mixed from a random vector bank; no factor is zero"),
+    "UNILORA": InitBehaviour(BY_DESIGN, "its shared vector is drawn uniformly at random; no factor is zero"),
+    "FOURIERFT": ("init_weights", True, InitBehaviour(BY_DESIGN, "spectrum drawn from N(0,1), the default")),
+    "C3A": ("init_weights", True, InitBehaviour(BY_DESIGN, "kernels xavier-initialised, the default")),
+    "HRA": InitBehaviour(APPROXIMATE, "paired Householder reflections: " + _ROTATION),
+    "OSF": InitBehaviour(APPROXIMATE, "trainable SVD factors of the base weight, recomposed in float32"),
+    "FROD": InitBehaviour(APPROXIMATE, "a decomposition of the base weights, recomposed in float32"),
+    "DEFT": InitBehaviour(APPROXIMATE, "an injected projection that cancels only up to float rounding"),
+}
+
+
+def init_behaviour(config: PeftConfig) -> InitBehaviour:
+    entry = INIT_BEHAVIOUR.get(str(getattr(config.peft_type, "value", config.peft_type)))
+    if entry is None:
+        return InitBehaviour(EXACT, "a zero factor makes the initial update exactly zero")
+    if isinstance(entry, InitBehaviour):
+        return entry
+    field, identity_value, otherwise = entry
+    if getattr(config, field, None) == identity_value:
+        return InitBehaviour(EXACT, f"{field}={identity_value!r} zero-initialises the update")
+    return otherwise
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    status: str  # identity_at_init: EXACT | APPROXIMATE | BY_DESIGN | FAILED; others: PASSED | FAILED
+    detail: str  # one line, for people
+    max_abs_diff: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAILED
+
+    def as_record(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["name"]
+        if out["max_abs_diff"] is not None and not math.isfinite(out["max_abs_diff"]):
+            out["max_abs_diff"] = None  # JSON has no NaN; the detail says "not finite"
+        return out
+
+
+class CheckFailed(PeftreproError):
+    """A structural check failed: the run must not start."""
+
+    def __init__(self, file: str, method: str, results: list[CheckResult]) -> None:
+        self.results = results
+        failed = [r for r in results if not r.ok]
+        text = "; ".join(f"{r.name} failed: {r.detail}" for r in failed)
+        super().__init__(f"{file}: structural check of {method}: {text}")
+
+
+def tensor_digest(t: torch.Tensor) -> str:
+    data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    return hashlib.sha256(data.tobytes()).hexdigest()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Largest absolute difference; None when the shapes differ (prompt learning adds positions)."""
+    if a.shape != b.shape:
+        return None
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def _outputs(probe: Probe, model: torch.nn.Module) -> torch.Tensor:
+    """The probe's outputs in eval mode with every parameter frozen: some kernels (diffusers'
+    attention on CPU) take another path, ~1e-6 apart, when a parameter requires grad."""
+    was_training = model.training
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.eval()
+    try:
+        for p in trainable:
+            p.requires_grad_(False)
+        with torch.no_grad():
+            return probe.outputs(model).detach().to("cpu")
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+        model.train(was_training)
+
+
+def check_identity(config: PeftConfig, base_out: torch.Tensor, fresh_out: torch.Tensor) -> CheckResult:
+    name, behaviour = "identity_at_init", init_behaviour(config)
+    diff = max_diff(base_out, fresh_out)
+    if behaviour.kind == BY_DESIGN:
+        return CheckResult(name, BY_DESIGN, behaviour.reason, diff)
+    if diff is None:
+        return CheckResult(name, FAILED, f"output shape {tuple(fresh_out.shape)} != {tuple(base_out.shape)}")
+    scale = float(base_out.float().abs().max()) or 1.0
+    if diff == 0.0:
+        return CheckResult(name, EXACT, "outputs equal the base model's bit for bit", 0.0)
+    if not math.isfinite(diff):
+        return CheckResult(name, FAILED, "outputs are not finite", diff)
+    if behaviour.kind == APPROXIMATE and diff <= APPROXIMATE_TOLERANCE * scale:
+        return CheckResult(
+            name, APPROXIMATE, f"max |diff| {diff:.3g} within {APPROXIMATE_TOLERANCE:g} x max |output|", diff
+        )
+    allowed = "0" if behaviour.kind == EXACT else f"{APPROXIMATE_TOLERANCE:g} x {scale:.3g}"
+    return CheckResult(
+        name, FAILED, f"a fresh adapter changes the output by up to {diff:.3g} (allowed {allowed})", diff
+    )
+
+
+def _burst(model: PeftModel, probe: Probe) -> None:
+    """A few optimizer steps on the probe batch: enough to move every trainable parameter."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        return
+    optimizer = torch.optim.Adam(params, lr=BURST_LR)
+    model.train()
+    for _ in range(BURST_STEPS):
+        probe.loss(model).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _burst_then_compare(
+    model: PeftModel, probe: Probe, base_digests: dict[str, str], base_params: dict[int, str]
+) -> CheckResult:
+    before = {n: tensor_digest(p) for n, p in model.named_parameters()}
+    _burst(model, probe)
+    return check_declared(base_digests, base_params, model, before)
+
+
+def check_declared(
+    base_digests: dict[str, str],
+    base_params: dict[int, str],
+    model: PeftModel,
+    before: dict[str, str],
+) -> CheckResult:
+    """Compare the burst's changes with what the adapter declares: its own (new) parameters."""
+    name = "only_declared_change"
+    params = dict(model.named_parameters())
+    after = {n: tensor_digest(p) for n, p in params.items()}
+    changed = {n for n in after if before.get(n) != after[n]}
+    base_now = {base_params[id(p)]: n for n, p in params.items() if id(p) in base_params}
+    declared = set(params) - set(base_now.values())
+    trainable = {n for n, p in params.items() if p.requires_grad}
+    problems = []
+    if differ := sorted(b for b, n in base_now.items() if after[n] != base_digests[b]):
+        problems.append(f"base weights differ from the loaded ones: {_some(differ)}")
+    if missing := sorted(set(base_digests) - set(base_now)):
+        problems.append(f"base weights no longer in the model: {_some(missing)}")
+    if trained_base := sorted(base_params[id(params[n])] for n in trainable - declared):
+        problems.append(f"base weights are trainable: {_some(trained_base)}")
+    if unchanged := sorted((declared & trainable) - changed):
+        problems.append(f"adapter parameters the burst did not change: {_some(unchanged)}")
+    if problems:
+        return CheckResult(name, FAILED, "; ".join(problems))
+    return CheckResult(
+        name, PASSED, f"{len(changed)} adapter tensors changed; {len(base_now)} base tensors bit-identical"
+    )
+
+
+def _some(names: list[str], k: int = 3) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+def check_disable(model: PeftModel, probe: Probe, base_out: torch.Tensor) -> CheckResult:
+    name = "disable_restores_base"
+    with model.disable_adapter():
+        out = _outputs(probe, model)
+    diff = max_diff(base_out, out)
+    if diff == 0.0:
+        return CheckResult(name, PASSED, "disabled adapter gives the base outputs bit for bit", 0.0)
+    what = f"by up to {diff:.3g}" if diff is not None else f"in shape {tuple(out.shape)}"
+    return CheckResult(name, FAILED, f"with the adapter disabled the outputs differ {what}", diff)
+
+
+def check_round_trip(
+    model: PeftModel, probe: Probe, fresh_base: Callable[[], torch.nn.Module], saved: Path | None = None
+) -> CheckResult:
+    """Reload the adapter (saved in `saved`, or saved here) into a fresh base; same outputs, same bytes."""
+    name = "round_trip"
+    with tempfile.TemporaryDirectory(prefix="peftrepro-roundtrip-") as tmp:
+        if saved is None:
+            saved = Path(tmp) / "saved"
+            model.save_pretrained(str(saved))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loaded = PeftModel.from_pretrained(fresh_base(), str(saved))
+        diff = max_diff(_outputs(probe, model), _outputs(probe, loaded))
+        again = Path(tmp) / "again"
+        loaded.save_pretrained(str(again))
+        first, second = adapter_files(saved), adapter_files(again)
+    if diff != 0.0:
+        what = f"by up to {diff:.3g}" if diff is not None else "in shape"
+        return CheckResult(name, FAILED, f"the reloaded adapter's outputs differ {what}", diff)
+    if first != second:
+        return CheckResult(
+            name,
+            FAILED,
+            f"re-saving the reloaded adapter gives other bytes ({first[1][:12]} vs {second[1][:12]})",
+        )
+    return CheckResult(
+        name, PASSED, f"reloaded outputs identical; re-saved bytes identical ({first[1][:12]})", 0.0
+    )
+
+
+def run_checks(
+    base: torch.nn.Module,
+    config: PeftConfig,
+    probe: Probe,
+    fresh_base: Callable[[], torch.nn.Module] | None = None,
+) -> list[CheckResult]:
+    """All four checks on a copy of `base` (left untouched). Restores the global RNG state, so a
+    run's adapter init and data order are the same with or without the checks."""
+    fresh_base = fresh_base or (lambda: copy.deepcopy(base))
+    rng = torch.random.get_rng_state()
+    try:
+        base_digests = {n: tensor_digest(p) for n, p in base.named_parameters()}
+        base_out = _outputs(probe, base)
+        work = copy.deepcopy(base)
+        base_params = {id(p): n for n, p in work.named_parameters()}
+        torch.manual_seed(CHECK_SEED)
+        model = peftconfig.attach(work, config)
+        identity = guarded(
+            "identity_at_init", lambda: check_identity(config, base_out, _outputs(probe, model))
+        )
+        declared = guarded(
+            "only_declared_change", lambda: _burst_then_compare(model, probe, base_digests, base_params)
+        )
+        disable = guarded("disable_restores_base", lambda: check_disable(model, probe, base_out))
+        round_trip = guarded("round_trip", lambda: check_round_trip(model, probe, fresh_base))
+        return [identity, disable, declared, round_trip]
+    finally:
+        torch.random.set_rng_state(rng)
+
+
+def guarded(name: str, check: Callable[[], CheckResult]) -> CheckResult:
+    """A check that raises (peft refusing to disable, save or reload, say) has failed; say why."""
+    try:
+        return check()
+    except Exception as e:  # whatever the method's code raises is the finding
+        return CheckResult(name, FAILED, f"raised {type(e).__name__}: {peftconfig.one_line(e)}")
+
+
+def as_record(results: list[CheckResult]) -> dict[str, dict[str, Any]]:
+    return {r.name: r.as_record() for r in results}
+
+
+def summary(results: list[CheckResult]) -> str:
+    """One line: `identity at init exact, disable restores base passed, ...`."""
+    labels = {c.key: c.label for c in CHECKS}
+    return ", ".join(f"{labels[r.name]} {r.status.replace('_', ' ')}" for r in results)

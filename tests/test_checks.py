@@ -1,0 +1,251 @@
+"""Structural checks: each one passes on healthy adapters and fails on an adapter broken its way.
+
+The broken adapters are made by wrapping `peftconfig.attach` (the one place every check attaches
+through), so that the checks see them exactly as they would see a buggy PEFT method.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftModel, PrefixTuningConfig
+
+from peftrepro import checks, peftconfig
+from peftrepro.cli import main
+from peftrepro.manifest import resolve
+from peftrepro.records import list_records, read_record
+from peftrepro.runners.local import run_local
+from peftrepro.tasks import Prepared, Probe, get_task
+
+LORA = {"task_type": "CAUSAL_LM", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture
+def prepared() -> Prepared:
+    return get_task("arithmetic").prepare()
+
+
+def statuses(results: list[checks.CheckResult]) -> dict[str, str]:
+    return {r.name: r.status for r in results}
+
+
+def broken(monkeypatch: pytest.MonkeyPatch, breakage: Callable[[PeftModel], None]) -> None:
+    """Every adapter attached from now on gets `breakage` applied to it."""
+    real = peftconfig.attach
+
+    def attach(model: torch.nn.Module, config: Any) -> PeftModel:
+        peft_model = real(model, config)
+        breakage(peft_model)
+        return peft_model
+
+    monkeypatch.setattr(peftconfig, "attach", attach)
+
+
+def lora_layers(model: PeftModel) -> list[torch.nn.Module]:
+    return [m for n, m in model.named_modules() if n.endswith(("q_proj", "v_proj")) and hasattr(m, "lora_B")]
+
+
+@pytest.mark.parametrize(
+    ("config", "identity"),
+    [
+        (LoraConfig(**LORA), checks.EXACT),
+        (BOFTConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], boft_block_size=4), checks.EXACT),
+        (HRAConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], r=4), checks.APPROXIMATE),
+        (PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), checks.BY_DESIGN),
+    ],
+    ids=["lora", "boft", "hra", "prefix-tuning"],
+)
+def test_healthy_adapters_pass_every_check(prepared: Prepared, config: Any, identity: str) -> None:
+    results = checks.run_checks(prepared.model, config, prepared.probe)
+    assert [r.name for r in results] == [c.key for c in checks.CHECKS]
+    assert statuses(results) == {
+        "identity_at_init": identity,
+        "disable_restores_base": checks.PASSED,
+        "only_declared_change": checks.PASSED,
+        "round_trip": checks.PASSED,
+    }
+    if identity == checks.APPROXIMATE:
+        assert 0 < results[0].max_abs_diff <= checks.APPROXIMATE_TOLERANCE * 100
+
+
+def test_checks_leave_the_base_model_and_the_rng_alone(prepared: Prepared) -> None:
+    before = {n: checks.tensor_digest(p) for n, p in prepared.model.named_parameters()}
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe)
+    assert torch.equal(torch.rand(3), expected)
+    assert {n: checks.tensor_digest(p) for n, p in prepared.model.named_parameters()} == before
+    assert not any(hasattr(m, "lora_A") for m in prepared.model.modules())
+
+
+def test_non_zero_initialised_lora_b_fails_identity(prepared: Prepared) -> None:
+    results = checks.run_checks(prepared.model, LoraConfig(**LORA, init_lora_weights=False), prepared.probe)
+    assert statuses(results)["identity_at_init"] == checks.FAILED
+    assert "a fresh adapter changes the output by up to" in results[0].detail
+    assert all(r.ok for r in results[1:])  # the other three checks are not fooled into failing
+
+
+def test_a_hook_that_perturbs_the_base_fails_disable(prepared: Prepared, monkeypatch) -> None:
+    """Zero at init (so identity holds), but it stays on when the adapter is disabled."""
+
+    def perturb(model: PeftModel) -> None:
+        layer = lora_layers(model)[0]
+        layer.register_forward_hook(lambda m, args, out: out + m.lora_B["default"].weight.sum())
+
+    broken(monkeypatch, perturb)
+    results = statuses(checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe))
+    assert results["identity_at_init"] == checks.EXACT
+    assert results["disable_restores_base"] == checks.FAILED
+
+
+def test_an_adapter_that_also_trains_a_base_weight_fails_declared(prepared: Prepared, monkeypatch) -> None:
+    broken(monkeypatch, lambda model: model.base_model.model.model.norm.weight.requires_grad_(True))
+    results = checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe)
+    declared = next(r for r in results if r.name == "only_declared_change")
+    assert declared.status == checks.FAILED
+    assert "base weights are trainable: model.norm.weight" in declared.detail
+    assert "base weights differ from the loaded ones: model.norm.weight" in declared.detail
+
+
+def test_an_adapter_weight_that_is_not_saved_fails_the_round_trip(prepared: Prepared, monkeypatch) -> None:
+    """A gate the method forgot to declare: trained, used in forward, never saved."""
+
+    def add_gate(model: PeftModel) -> None:
+        layer = lora_layers(model)[0]
+        layer.gate = torch.nn.Parameter(torch.zeros(()))
+
+        def gated(m: torch.nn.Module, args: Any, out: torch.Tensor) -> torch.Tensor:
+            return out if m.disable_adapters else out * (1 + m.gate)
+
+        layer.register_forward_hook(gated)
+
+    broken(monkeypatch, add_gate)
+    results = statuses(checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe))
+    assert results == {
+        "identity_at_init": checks.EXACT,
+        "disable_restores_base": checks.PASSED,
+        "only_declared_change": checks.PASSED,
+        "round_trip": checks.FAILED,
+    }
+
+
+def test_an_adapter_that_does_not_train_fails_declared(prepared: Prepared, monkeypatch) -> None:
+    """Parameters that require grad but never receive a gradient: an adapter cut off the graph."""
+
+    def detach_q(model: PeftModel) -> None:
+        for name, layer in model.named_modules():
+            if name.endswith("q_proj") and hasattr(layer, "lora_B"):
+                layer.register_forward_hook(lambda m, args, out: out.detach())
+
+    broken(monkeypatch, detach_q)
+    results = checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe)
+    declared = next(r for r in results if r.name == "only_declared_change")
+    assert declared.status == checks.FAILED
+    assert "adapter parameters the burst did not change: " in declared.detail
+    assert "q_proj.lora_A" in declared.detail and "v_proj" not in declared.detail
+
+
+def test_a_raising_method_is_a_failed_check_not_a_crash(prepared: Prepared, monkeypatch) -> None:
+    def explode(model: PeftModel) -> None:
+        lora_layers(model)[0].register_forward_hook(lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+
+    broken(monkeypatch, explode)
+    results = checks.run_checks(prepared.model, LoraConfig(**LORA), prepared.probe)
+    assert results[0].status == checks.FAILED and results[0].detail == "raised RuntimeError: boom"
+
+
+def tiny_unet() -> tuple[torch.nn.Module, Probe]:
+    """A class-conditional diffusers UNet of the `digits` shape (random weights, 16x16)."""
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(0)
+    unet = UNet2DModel(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        num_class_embeds=10,
+        norm_num_groups=8,
+        attention_head_dim=8,
+    )
+    g = torch.Generator().manual_seed(0)
+    x, noise = torch.randn(4, 1, 16, 16, generator=g), torch.randn(4, 1, 16, 16, generator=g)
+    t, y = torch.tensor([10, 200, 500, 900]), torch.tensor([1, 3, 5, 7])
+    return unet, Probe(
+        outputs=lambda m: m(x, t, class_labels=y).sample,
+        loss=lambda m: torch.nn.functional.mse_loss(m(x, t, class_labels=y).sample, noise),
+    )
+
+
+def test_oft_on_3x3_convolutions_is_caught_on_a_unet() -> None:
+    """peft 0.21.2: OFT's unfold/fold rotation of a 3x3 conv does not invert, so a fresh adapter
+    changes the output. The same UNet with OFT on linear layers, or LoRA on the convs, is exact."""
+    unet, probe = tiny_unet()
+    oft_conv = checks.run_checks(
+        unet, OFTConfig(target_modules=["conv1", "conv2"], r=0, oft_block_size=8), probe
+    )
+    assert oft_conv[0].status == checks.FAILED and oft_conv[0].max_abs_diff > 0.1
+    for config in (
+        OFTConfig(target_modules=["to_q", "to_v"], r=0, oft_block_size=8),
+        LoraConfig(target_modules=["conv1", "conv2", "to_q"], r=4),
+    ):
+        assert statuses(checks.run_checks(unet, config, probe))["identity_at_init"] == checks.EXACT
+
+
+def test_validate_deep_names_the_check_and_the_method(write_manifest) -> None:
+    good = write_manifest()
+    bad = write_manifest(
+        {
+            "name": "bad",
+            "peft_config": {**json.loads(good.read_text())["peft_config"], "init_lora_weights": False},
+        }
+    )
+    result = CliRunner().invoke(main, ["validate", "--deep", str(good), str(bad)])
+    assert result.exit_code == 2
+    assert f"ok {good}" in result.output and "identity at init exact" in result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error.startswith(
+        f"error: {bad}: structural check of lora: identity_at_init failed: "
+        "a fresh adapter changes the output by up to "
+    )
+    assert error.endswith("(allowed 0)")
+    assert "Traceback" not in result.output
+
+
+def test_run_refuses_a_broken_adapter_before_training(write_manifest) -> None:
+    path = write_manifest({"peft_config": {"peft_type": "LORA", "r": 4, "init_lora_weights": False}})
+    result = CliRunner().invoke(main, ["run", str(path), "--seeds", "0,1"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {path}: structural check of lora")
+    [record_file] = list_records(path.parent)  # the first seed only: the checks do not depend on it
+    record = read_record(record_file)
+    assert record["status"] == "failed" and record["error"]["type"] == "CheckFailed"
+    assert record["metrics"] == {"steps_completed": 0}
+    assert record["checks"]["identity_at_init"]["status"] == "failed"
+    assert record["checks"]["round_trip"]["status"] == "passed"
+
+
+def test_a_run_records_its_checks_and_they_do_not_change_the_run(write_manifest, monkeypatch) -> None:
+    manifest = resolve(write_manifest())
+    checked = run_local(manifest, seed=1).record
+    assert {k: v["status"] for k, v in checked["checks"].items()} == {
+        "identity_at_init": "exact",
+        "disable_restores_base": "passed",
+        "only_declared_change": "passed",
+        "round_trip": "passed",
+    }
+    assert checked["metrics"]["adapter_sha256"][:12] in checked["checks"]["round_trip"]["detail"]
+    monkeypatch.setattr(checks, "run_checks", lambda *a, **k: [])
+    unchecked = run_local(manifest, seed=1, runs_dir=Path(manifest.folder, "other")).record
+    for key in ("adapter_sha256", "test_accuracy", "train_loss_final", "valid_curve"):
+        assert checked["metrics"][key] == unchecked["metrics"][key]
