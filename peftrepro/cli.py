@@ -180,6 +180,61 @@ def run(
     sys.exit(worst)
 
 
+def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
+    try:
+        lrs = [float(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected comma-separated numbers such as 1e-3,3e-3,1e-2, got {value!r}"
+        ) from None
+    if not lrs or any(not 0 < x <= 10 for x in lrs) or len(set(lrs)) != len(lrs) or len(lrs) > 32:
+        raise click.BadParameter(f"expected 1 to 32 distinct rates in (0, 10], got {value!r}")
+    return lrs
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--lrs", required=True, callback=parse_lrs, help="The grid, e.g. 1e-3,3e-3,1e-2.")
+@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option("--apply", is_flag=True, help="Also set the manifest's learning rate to the chosen one.")
+def sweep(path: Path, lrs: list[float], seed: int, apply: bool) -> None:
+    """Learning-rate sweep of one submission on the validation split (never the test split).
+
+    Trains once per rate with the submission's settings and one seed, writes PATH/sweep.json and
+    prints the table; --apply writes the chosen rate into the manifest. Ctrl-C writes nothing.
+    """
+    from peftrepro.manifest import find_manifests, resolve
+    from peftrepro.sweep import apply_lr, run_sweep, write_sweep
+
+    found = find_manifests([path])
+    if len(found) != 1:
+        _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
+    manifest = resolve(found[0])
+    label = f"{manifest.task}/{manifest.method}/{manifest.name}"
+
+    def show(point: dict[str, Any]) -> None:
+        if point["status"] == "success":
+            click.echo(
+                f"{label} lr {point['lr']:g}: valid {point['valid_final']:.3f}, "
+                f"mean {point['valid_mean']:.3f}"
+            )
+        else:
+            click.echo(f"{label} lr {point['lr']:g}: failed ({point['error']})")
+
+    try:
+        record = run_sweep(manifest, lrs, seed=seed, on_point=show)
+    except KeyboardInterrupt:
+        _fail("interrupted: no sweep written", EXIT_CANCELLED)
+    out = write_sweep(manifest.folder, record)
+    if record["chosen_lr"] is None:
+        _fail(f"{label}: every rate failed; see {out}", EXIT_RUN_FAILED)
+    edge = " (at the edge of the grid: widen it)" if record["at_grid_edge"] else ""
+    click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
+    if apply:
+        apply_lr(manifest.path, record["chosen_lr"])
+        click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")
+
+
 @main.command()
 @paths_argument
 @click.option("--all", "all_", is_flag=True, help="Every submission under submissions/ that has a claim.")

@@ -24,6 +24,7 @@ from peftrepro.errors import InputError, PeftreproError, safe_text
 from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
 from peftrepro.records import RUNS_DIR
+from peftrepro.sweep import SWEEP_FILE
 from peftrepro.tasks import get_task
 
 VERIFICATIONS_DIR = "verifications"
@@ -54,6 +55,7 @@ class Submission:
     stale: Stored | None = None  # newest success of an earlier manifest or task version
     stale_reason: str | None = None
     verifications: dict[str, Stored] = field(default_factory=dict)  # claim run_id -> newest applicable
+    sweep: Stored | None = None  # sweep.json, schema-valid and for this folder
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
@@ -102,7 +104,28 @@ def load_submission(folder: Path) -> Submission:
     _load_records(sub)
     if sub.claims and sub.manifest is not None:
         _load_verifications(sub)
+    _load_sweep(sub)
     return sub
+
+
+def _load_sweep(sub: Submission) -> None:
+    path = sub.folder / SWEEP_FILE
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        data, sha = _read(path)
+        schemas.check(data, schemas.SWEEP, str(path), InputError)
+    except (JSONReadError, OSError) as e:
+        sub.ignored.append((path, str(e)))
+        return
+    except InputError as e:
+        sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
+        return
+    s = data["submission"]
+    if (s["task"], s["method"], s["name"]) != sub.key:
+        sub.ignored.append((path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder"))
+        return
+    sub.sweep = Stored(path, data, sha)
 
 
 def _load_records(sub: Submission) -> None:

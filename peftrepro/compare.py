@@ -134,6 +134,24 @@ def _distribution_diff(claimed: list[Any], measured: list[Any]) -> list[dict[str
     ]
 
 
+def checks_comparison(claim: dict[str, Any], rerun: dict[str, Any]) -> Comparison:
+    """The structural checks' outcomes, exact: a claim cannot show checks its re-run fails."""
+
+    def statuses(record: dict[str, Any]) -> dict[str, Any]:
+        found = record.get("checks") or {}
+        return {k: v.get("status") for k, v in sorted(found.items()) if isinstance(v, dict)}
+
+    claimed, measured = statuses(claim), statuses(rerun)
+    if not claimed:
+        return Comparison(
+            "checks", "informational", None, measured, "informational", "the claim predates the checks"
+        )
+    if claimed == measured:
+        return Comparison("checks", "exact", claimed, measured, "match", "identical")
+    differ = [k for k in sorted(set(claimed) | set(measured)) if claimed.get(k) != measured.get(k)]
+    return Comparison("checks", "exact", claimed, measured, "mismatch", "differ: " + ", ".join(differ))
+
+
 def judge(claim: dict[str, Any], rerun: dict[str, Any], policy: VerificationPolicy) -> Judgement:
     """The verdict on `claim` given a re-run of the same manifest and seed."""
     env_c, env_m = claim.get("environment") or {}, rerun.get("environment") or {}
@@ -153,7 +171,8 @@ def judge(claim: dict[str, Any], rerun: dict[str, Any], policy: VerificationPoli
                 if claim.get("resolved_config") == rerun.get("resolved_config")
                 else ("mismatch", "the record's resolved config is not what its manifest resolves to")
             ),
-        )
+        ),
+        checks_comparison(claim, rerun),
     ]
     cm, mm = claim.get("metrics") or {}, rerun.get("metrics") or {}
     for metric in METRICS:

@@ -7,6 +7,7 @@ evaluate -> save adapter -> metrics. Returns metrics and environment; the runner
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import adapter_files, release_freed_memory
 from peftrepro.paths import cache_root
 from peftrepro.tasks import Prepared, Task, get_task
-from peftrepro.training import configure_determinism, seed_everything, train
+from peftrepro.training import TrainResult, configure_determinism, seed_everything, train
 
 
 def device_for_run() -> torch.device:
@@ -61,18 +62,32 @@ def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[s
     return values
 
 
-def execute(
+@dataclass
+class Trained:
+    """A trained adapter and what the run knows by then."""
+
+    task: Task
+    prepared: Prepared
+    model: PeftModel
+    result: TrainResult
+    trainable: int
+    total: int
+    base: dict[str, float]
+    device: torch.device
+
+
+def train_adapter(
     manifest: ResolvedManifest,
     *,
     seed: int,
     runner: str,
-    adapter_dir: Path,
     state: dict[str, Any],
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Run it; return the success metrics. `state` is filled as the run goes (environment, steps),
-    so that a failed or cancelled run still records what is known."""
-    t_start = time.perf_counter()
+    measure_base: bool = True,
+) -> Trained:
+    """The part of a run every use shares: fingerprint, load, base measurements, structural checks,
+    seed, attach, train (validating every eval_steps). `state` is filled as it goes (environment,
+    checks, steps), so that a failed or cancelled run still records what is known."""
     task = get_task(manifest.task)
     cfg = manifest.training
     configure_determinism(task.num_threads)
@@ -83,7 +98,7 @@ def execute(
     prepared = task.prepare()
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
-    base = base_measurements(task, prepared, cfg.batch_size_eval)
+    base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
     peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
     # On a copy, with the RNG state restored: the run below is the same with or without them.
     found = checks.run_checks(model, peft_cfg, prepared.probe)
@@ -107,32 +122,46 @@ def execute(
         progress=progress,
         on_step=lambda step: state.__setitem__("steps_completed", step),
     )
-    test_score = prepared.evaluate(peft_model, "test", cfg.batch_size_eval)
-    ce_after = prepared.general_ce(peft_model, cfg.batch_size_eval)
-    adapter_bytes, adapter_sha = save_adapter(peft_model, adapter_dir)
+    return Trained(task, prepared, peft_model, result, trainable, total, base, device)
+
+
+def execute(
+    manifest: ResolvedManifest,
+    *,
+    seed: int,
+    runner: str,
+    adapter_dir: Path,
+    state: dict[str, Any],
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run it; return the success metrics (see train_adapter for `state`)."""
+    t_start = time.perf_counter()
+    t = train_adapter(manifest, seed=seed, runner=runner, state=state, progress=progress)
+    cfg, score_key, result = manifest.training, t.task.score_key, t.result
+    test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
+    ce_after = t.prepared.general_ce(t.model, cfg.batch_size_eval)
+    adapter_bytes, adapter_sha = save_adapter(t.model, adapter_dir)
     # The recorded round trip is the trained adapter's: the very bytes adapter_sha256 names.
     trip = checks.guarded(
         "round_trip",
         lambda: checks.check_round_trip(
-            peft_model, prepared.probe, lambda: prepared.load_base().to(device), saved=adapter_dir
+            t.model, t.prepared.probe, lambda: t.prepared.load_base().to(t.device), saved=adapter_dir
         ),
     )
     state["checks"]["round_trip"] = trip.as_record()
     if not trip.ok:
-        raise RunFailed(
-            f"{manifest.path}: the trained adapter failed its save/load round trip: {trip.detail}"
-        )
+        raise RunFailed(f"{manifest.path}: the trained adapter failed its round trip: {trip.detail}")
     assert result.memory is not None
     return {
-        task.score_key: test_score,
-        "base_" + task.score_key: base["test_score"],
+        score_key: test_score,
+        "base_" + score_key: t.base["test_score"],
         "valid_curve": result.valid_curve,
-        "forgetting": ce_after - base["general_ce"],
-        "general_ce_before": base["general_ce"],
+        "forgetting": ce_after - t.base["general_ce"],
+        "general_ce_before": t.base["general_ce"],
         "general_ce_after": ce_after,
         "train_loss_final": result.train_loss_final,
-        "trainable_params": trainable,
-        "total_params": total,
+        "trainable_params": t.trainable,
+        "total_params": t.total,
         "adapter_bytes": adapter_bytes,
         "adapter_sha256": adapter_sha,
         "peak_memory_bytes": result.memory.peak_bytes,

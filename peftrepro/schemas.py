@@ -16,6 +16,7 @@ from peftrepro.errors import InputError, safe_text
 MANIFEST = "manifest.schema.json"
 RUN_RECORD = "run-record.schema.json"
 VERIFICATION = "verification-record.schema.json"
+SWEEP = "sweep-record.schema.json"
 
 
 def schema_dir() -> Path:

@@ -92,3 +92,25 @@ def test_times_are_reported_never_judged(claim) -> None:
     j = judge(claim, rerun_of(claim, {"train_seconds": 1000.0, "tokens_per_second": 1.0}), BIT_EXACT)
     assert j.verdict == "reproduced"
     assert {c.metric: c.detail for c in j.comparisons}["train_seconds"] == "ratio 10.000"
+
+
+def test_a_claim_cannot_show_checks_its_rerun_fails(claim) -> None:
+    rerun = rerun_of(claim)
+    rerun["checks"]["identity_at_init"] = {
+        "status": "failed",
+        "detail": "changed by 1.59",
+        "max_abs_diff": 1.59,
+    }
+    j = judge(claim, rerun, BIT_EXACT)
+    assert j.verdict == "not_reproduced"
+    [c] = [c for c in j.comparisons if c.metric == "checks"]
+    assert c.outcome == "mismatch" and c.detail == "differ: identity_at_init"
+
+
+def test_a_claim_made_before_the_checks_is_judged_on_its_metrics(claim) -> None:
+    old = copy.deepcopy(claim)
+    del old["checks"]
+    j = judge(old, rerun_of(claim), BIT_EXACT)
+    assert j.verdict == "reproduced"
+    [c] = [c for c in j.comparisons if c.metric == "checks"]
+    assert c.outcome == "informational" and c.detail == "the claim predates the checks"

@@ -1,0 +1,60 @@
+"""`peftrepro sweep`: validation only, the stated selection rule, a schema-valid record, --apply."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from click.testing import CliRunner
+
+from peftrepro import schemas
+from peftrepro.cli import main
+from peftrepro.manifest import resolve
+from peftrepro.sweep import SWEEP_FILE, choose, swept_config_sha256
+from peftrepro.tasks import Prepared, get_task
+
+
+def test_sweep_never_evaluates_the_test_split_and_applies_the_choice(write_manifest, monkeypatch) -> None:
+    path = write_manifest()
+    task = get_task("arithmetic")
+    splits: list[str] = []
+    real_prepare = task.prepare
+
+    def spying_prepare() -> Prepared:
+        prepared = real_prepare()
+        evaluate = prepared.evaluate
+        return dataclasses.replace(
+            prepared, evaluate=lambda m, split, b: splits.append(split) or evaluate(m, split, b)
+        )
+
+    monkeypatch.setattr(task, "prepare", spying_prepare)
+    result = CliRunner().invoke(main, ["sweep", str(path), "--lrs", "1e-3,3e-2", "--apply"])
+    assert result.exit_code == 0, result.output
+    assert splits and set(splits) == {"valid"}
+    record = json.loads((path.parent / SWEEP_FILE).read_text())
+    schemas.check(record, schemas.SWEEP, SWEEP_FILE)
+    assert [p["lr"] for p in record["points"]] == [1e-3, 3e-2] and record["grid"] == [1e-3, 3e-2]
+    assert record["chosen_lr"] == choose(record["points"]) and record["at_grid_edge"] is True
+    assert all(p["status"] == "success" and len(p["valid_curve"]) == 2 for p in record["points"])
+    applied = resolve(path)
+    assert applied.training.optimizer_kwargs["lr"] == record["chosen_lr"]
+    assert swept_config_sha256(applied.resolved_config()) == record["swept_config_sha256"]
+    assert f"chosen lr {record['chosen_lr']:g}" in result.output
+
+
+def test_choice_rule_final_score_then_mean_then_smaller_rate() -> None:
+    def p(lr: float, final: float, mean: float) -> dict:
+        return {"lr": lr, "status": "success", "valid_final": final, "valid_mean": mean}
+
+    assert choose([p(1e-3, 0.5, 0.3), p(3e-3, 0.6, 0.2)]) == 3e-3
+    assert choose([p(1e-3, 0.6, 0.3), p(3e-3, 0.6, 0.4)]) == 3e-3
+    assert choose([p(1e-3, 0.6, 0.4), p(3e-3, 0.6, 0.4)]) == 1e-3
+    assert choose([{"lr": 1e-3, "status": "failed", "error": "nan"}]) is None
+
+
+def test_bad_grids_are_one_line_errors(write_manifest) -> None:
+    path = write_manifest()
+    for grid in ("abc", "0,1e-3", "1e-3,1e-3", ""):
+        result = CliRunner().invoke(main, ["sweep", str(path), "--lrs", grid])
+        assert result.exit_code == 2 and "Invalid value for '--lrs'" in result.output, grid
+    assert not (path.parent / SWEEP_FILE).exists()
