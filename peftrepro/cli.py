@@ -160,7 +160,8 @@ def run(
         _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
     manifest = resolve(found[0])
     plan = seeds or [manifest.training.seed if seed is None else seed]
-    run_one = get_runner(runner or default_kind(), **docker)
+    # More than one run: each in a fresh process, so that no run's memory figures carry another's.
+    run_one = get_runner(runner or default_kind(), isolate=len(plan) > 1, **docker)
     worst = 0
     for s in plan:
         click.echo(

@@ -89,7 +89,11 @@ def seeds_to_check(sub: Submission, *, all_seeds: bool, seed: int | None) -> lis
 
 
 def verify_claim(
-    sub: Submission, seed: int, runner: str | None = None, options: dict[str, Any] | None = None
+    sub: Submission,
+    seed: int,
+    runner: str | None = None,
+    options: dict[str, Any] | None = None,
+    isolate: bool = False,
 ) -> Verification:
     """Re-run one claimed seed and write the verification next to the submission's records.
     The runner kind is the claim's unless `runner` says otherwise; a docker claim is re-run in
@@ -103,7 +107,7 @@ def verify_claim(
     if kind == "docker" and not opts.get("image") and container:
         digest = container.get("repo_digest")
         opts["image"] = digest if digest and digest != "unpinned" else container.get("image")
-    run = get_runner(kind, **opts)
+    run = get_runner(kind, isolate=isolate, **opts)
     started = utc_now()
     with tempfile.TemporaryDirectory(prefix="peftrepro-verify-") as tmp:
         outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
@@ -160,7 +164,7 @@ def verify_all(
     results = []
     for sub, s in plan:
         on_start(sub, s, sub.claims[s].path)
-        v = verify_claim(sub, s, runner, options)
+        v = verify_claim(sub, s, runner, options, isolate=len(plan) > 1)
         results.append(v)
         on_done(v)
         if v.judgement is None:

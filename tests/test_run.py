@@ -163,3 +163,27 @@ def test_metric_registry_schema_and_runner_agree(write_manifest) -> None:
     assert schema_keys == set(METRICS_BY_KEY)
     outcome = run_local(resolve(write_manifest()), seed=0)
     assert set(outcome.record["metrics"]) == set(METRICS_BY_KEY)
+
+
+def test_runs_after_the_first_get_a_fresh_process_with_the_same_results(write_manifest) -> None:
+    """`run --seeds` runs each seed in a child process (RSS is a per-process figure); the child
+    uses the parent's task registration (the tiny stand-in: 2,048 trainable parameters)."""
+    from peftrepro.runners.local import run_isolated
+
+    manifest = resolve(write_manifest())
+    inside = run_local(manifest, seed=2).record
+    child = run_isolated(manifest, seed=2)
+    assert child.record["metrics"]["trainable_params"] == 2048
+    for key in SAME_EVERY_RUN:
+        assert child.record["metrics"][key] == inside["metrics"][key], key
+    assert child.path.parent == manifest.folder / "runs"
+
+
+def test_an_interrupted_multi_seed_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir) -> None:
+    path = write_manifest({"training": {**LORA_MANIFEST["training"], "max_steps": 400}})
+    code, _, _ = interrupt_during_training(
+        ["run", str(path), "--seeds", "0,1"], tiny_model_dir, signal.SIGINT
+    )
+    assert code == 130
+    [record] = [read_record(p) for p in list_records(path.parent)]
+    assert record["status"] == "cancelled" and record["seed"] == 0

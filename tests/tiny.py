@@ -6,6 +6,7 @@ is skipped. Llama-style `nn.Linear` layers so every PEFT method applies (OFT rej
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def build_tiny_model(folder: Path) -> Path:
 def register_tiny(folder: Path) -> None:
     """Make `arithmetic` load the tiny model (policy still sees the real task's base model id)."""
     build_tiny_model(folder)
-    register("arithmetic", lambda: ArithmeticTask(LocalDirSource(folder, GGUFSource.model_id)))
+    # A partial, not a lambda: runs in child processes (runners.local.run_isolated) unpickle it.
+    register("arithmetic", functools.partial(ArithmeticTask, LocalDirSource(folder, GGUFSource.model_id)))
 
 
 def interrupt_during_training(args: list[str], tiny_model_dir: Path, sig: int) -> tuple[int, str, str]:

@@ -89,6 +89,11 @@ def register(name: str, factory: Callable[[], Task]) -> None:
     _INSTANCES.pop(name, None)
 
 
+def task_factory(name: str) -> Callable[[], Task]:
+    """The registered factory (a class or a functools.partial: picklable for child processes)."""
+    return _FACTORIES[name]
+
+
 def task_names() -> list[str]:
     return sorted(_FACTORIES)
 

@@ -1,0 +1,369 @@
+"""The method corpus of the `arithmetic` track: one submission per PEFT method, tuned the same way.
+
+`write` creates the manifests (never overwriting one that exists: an existing submission is only
+ever superseded). `run` takes each submission through the same pipeline, resumably: a learning-rate
+sweep on the validation split (`peftrepro sweep --apply`, same budget for every method: three
+rates, x3 apart, centred on the method family's usual scale), then seeds 0, 1, 2 (each in its own
+process), then `peftrepro verify` of one seed chosen at random. Each step is skipped when its
+output exists, so an interrupted corpus resumes where it stopped.
+
+    .venv/bin/python benchmarks/corpus.py write
+    .venv/bin/python benchmarks/corpus.py run [--only lora,dora] [--log corpus.log]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBMISSIONS = ROOT / "submissions" / "arithmetic"
+PEFTREPRO = [sys.executable, "-m", "peftrepro.cli"]
+SEEDS = (0, 1, 2)
+
+# Grids: three rates, x3 apart, centred on where each family of methods usually trains well.
+LOW_RANK = (1e-3, 3e-3, 1e-2)  # LoRA and relatives: many parameters per layer
+FEW_PARAMS = (3e-3, 1e-2, 3e-2)  # scalings, spectra, shared banks, norms: few parameters per layer
+PROMPTS = (1e-2, 3e-2, 1e-1)  # virtual tokens: a handful of embedding-sized vectors
+ALL_LINEAR = "all-linear"
+QV = ["q_proj", "v_proj"]
+# SmolLM2's tokens for the task: digits 0-9, " plus", " equals", " ", "."
+TASK_TOKENS = [32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 8055, 16473, 216, 30]
+
+
+@dataclass(frozen=True)
+class Entry:
+    method: str
+    name: str
+    title: str
+    config: dict[str, Any]
+    grid: tuple[float, ...]
+    why: str  # how the (non-rate) hyperparameters were chosen
+    training: dict[str, Any] = field(default_factory=dict)
+
+
+ENTRIES = (
+    Entry("lora", "default", "LoRA r=8 on all linear layers (task defaults)", {}, LOW_RANK, "existing"),
+    Entry(
+        "dora",
+        "r8",
+        "DoRA r=8 on all linear layers",
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ALL_LINEAR, "use_dora": True},
+        LOW_RANK,
+        "the same rank, alpha and targets as the reference LoRA row, with weight decomposition",
+    ),
+    Entry(
+        "rslora",
+        "r8",
+        "rsLoRA r=8 on all linear layers",
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ALL_LINEAR, "use_rslora": True},
+        LOW_RANK,
+        "the reference LoRA row with rank-stabilised scaling (alpha/sqrt(r))",
+    ),
+    Entry(
+        "loha",
+        "r8",
+        "LoHa r=8 on all linear layers",
+        {"peft_type": "LOHA", "r": 8, "alpha": 16, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "rank, alpha and targets as the reference LoRA row",
+    ),
+    Entry(
+        "lokr",
+        "r8",
+        "LoKr r=8 on all linear layers",
+        {"peft_type": "LOKR", "r": 8, "alpha": 16, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "rank, alpha and targets as the reference LoRA row; peft's default Kronecker factorisation",
+    ),
+    Entry(
+        "adalora",
+        "r8",
+        "AdaLoRA, rank 12 pruned to an average of 8, all linear layers",
+        {
+            "peft_type": "ADALORA",
+            "init_r": 12,
+            "target_r": 8,
+            "lora_alpha": 16,
+            "target_modules": ALL_LINEAR,
+            "total_step": 120,
+            "tinit": 10,
+            "tfinal": 30,
+            "deltaT": 5,
+        },
+        LOW_RANK,
+        "the reference LoRA budget reached by pruning from rank 12; the schedule scaled to 120 steps",
+    ),
+    Entry(
+        "gralora",
+        "r8",
+        "GraLoRA r=8, k=2, all linear layers",
+        {"peft_type": "GRALORA", "r": 8, "alpha": 16, "gralora_k": 2, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "rank, alpha and targets as the reference LoRA row; k=2 as in the public comparison",
+    ),
+    Entry(
+        "randlora",
+        "r32",
+        "RandLoRA r=32 on all linear layers",
+        {"peft_type": "RANDLORA", "r": 32, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "r=32 as in the public comparison's RandLoRA row; peft's default scaling",
+    ),
+    Entry(
+        "miss",
+        "r64",
+        "MiSS r=64 on all linear layers",
+        {"peft_type": "MISS", "r": 64, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "r=64 as in the public comparison's MiSS row (every layer width here is a multiple of 64)",
+    ),
+    Entry(
+        "delora",
+        "r8",
+        "DeLoRA r=8, lambda 15, all linear layers",
+        {"peft_type": "DELORA", "r": 8, "delora_lambda": 15, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "rank as the reference LoRA row; lambda 15 as in the public comparison",
+    ),
+    Entry(
+        "shira",
+        "r8",
+        "SHiRA with LoRA-r8's parameter count, random mask, all linear layers",
+        {
+            "peft_type": "SHIRA",
+            "r": 8,
+            "mask_type": "random",
+            "random_seed": 42,
+            "target_modules": ALL_LINEAR,
+        },
+        LOW_RANK,
+        "r=8 gives the same number of trainable parameters as the reference LoRA row",
+    ),
+    Entry(
+        "oft",
+        "b32",
+        "OFT, block size 32, all linear layers",
+        {"peft_type": "OFT", "oft_block_size": 32, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "block size 32 (every layer width is a multiple of it); peft's default Cayley parametrisation",
+    ),
+    Entry(
+        "boft",
+        "b8",
+        "BOFT, block size 8, one butterfly factor, q and v projections",
+        {"peft_type": "BOFT", "boft_block_size": 8, "boft_n_butterfly_factor": 1, "target_modules": QV},
+        LOW_RANK,
+        "q/v only: BOFT's butterfly products are several times slower per step than LoRA on CPU",
+    ),
+    Entry(
+        "hra",
+        "r8",
+        "HRA r=8 on the q and v projections",
+        {"peft_type": "HRA", "r": 8, "target_modules": QV},
+        LOW_RANK,
+        "r=8 reflections on q/v: a chain of r Householder products per layer is slow on CPU",
+    ),
+    Entry(
+        "road",
+        "g64",
+        "RoAd (variant 1), group size 64, all linear layers",
+        {"peft_type": "ROAD", "variant": "road_1", "group_size": 64, "target_modules": ALL_LINEAR},
+        FEW_PARAMS,
+        "group size 64 as in the public comparison; variant 1, the smallest",
+    ),
+    Entry(
+        "ia3",
+        "default",
+        "IA3 on k, v and down projections",
+        {
+            "peft_type": "IA3",
+            "target_modules": ["k_proj", "v_proj", "down_proj"],
+            "feedforward_modules": ["down_proj"],
+        },
+        FEW_PARAMS,
+        "the IA3 paper's placement (keys, values, feed-forward output)",
+    ),
+    Entry(
+        "vera",
+        "r256",
+        "VeRA r=256 on the q and v projections",
+        {"peft_type": "VERA", "r": 256, "target_modules": QV},
+        FEW_PARAMS,
+        "r=256 as in the public comparison's VeRA row",
+    ),
+    Entry(
+        "fourierft",
+        "n1000",
+        "FourierFT, 1000 frequencies, scaling 300, q and v projections",
+        {"peft_type": "FOURIERFT", "n_frequency": 1000, "scaling": 300.0, "target_modules": QV},
+        FEW_PARAMS,
+        "n_frequency 1000 and scaling 300 as in the public comparison's default FourierFT row",
+    ),
+    Entry(
+        "vblora",
+        "b256",
+        "VB-LoRA r=4, bank of 256 vectors of length 64, all linear layers",
+        {
+            "peft_type": "VBLORA",
+            "r": 4,
+            "num_vectors": 256,
+            "vector_length": 64,
+            "topk": 2,
+            "target_modules": ALL_LINEAR,
+        },
+        FEW_PARAMS,
+        "rank 4, top-2 and a 256-vector bank as in the public comparison; vector length 64 divides "
+        "every layer width here",
+    ),
+    Entry(
+        "c3a",
+        "b64",
+        "C3A, block size 64, all linear layers",
+        {"peft_type": "C3A", "block_size": 64, "target_modules": ALL_LINEAR},
+        FEW_PARAMS,
+        "block size 64 as in the public comparison; peft's default (xavier) initialisation",
+    ),
+    Entry(
+        "waveft",
+        "n5000",
+        "WaveFT, 5000 coefficients, scaling 25, q and v projections",
+        {"peft_type": "WAVEFT", "n_frequency": 5000, "scaling": 25.0, "target_modules": QV},
+        FEW_PARAMS,
+        "n_frequency 5000 and scaling 25 as in the public comparison's WaveFT row",
+    ),
+    Entry(
+        "ln-tuning",
+        "default",
+        "LN tuning: every normalisation layer",
+        {"peft_type": "LN_TUNING"},
+        FEW_PARAMS,
+        "peft's default targets (all normalisation layers)",
+    ),
+    Entry(
+        "trainable-tokens",
+        "task-tokens",
+        "Trainable tokens: the embeddings of the digits, ' plus', ' equals', ' ' and '.'",
+        {"peft_type": "TRAINABLE_TOKENS", "token_indices": TASK_TOKENS},
+        PROMPTS,
+        "the 14 tokens the task's prompts and answers are made of (SmolLM2's tokenizer)",
+    ),
+    Entry(
+        "prompt-tuning",
+        "t20",
+        "Prompt tuning, 20 virtual tokens",
+        {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": 20},
+        PROMPTS,
+        "20 virtual tokens, random initialisation",
+    ),
+    Entry(
+        "prefix-tuning",
+        "t20",
+        "Prefix tuning, 20 virtual tokens",
+        {"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20},
+        PROMPTS,
+        "20 virtual tokens per layer, no reparametrisation",
+    ),
+    Entry(
+        "p-tuning",
+        "t20",
+        "P-tuning, 20 virtual tokens, MLP encoder",
+        {"peft_type": "P_TUNING", "num_virtual_tokens": 20, "encoder_hidden_size": 128},
+        PROMPTS,
+        "20 virtual tokens through a 128-wide MLP encoder",
+    ),
+)
+
+
+def folder(e: Entry) -> Path:
+    return SUBMISSIONS / e.method / e.name
+
+
+def description(e: Entry) -> str:
+    grid = ", ".join(f"{x:g}" for x in e.grid)
+    return (
+        f"Hyperparameters: {e.why}. Training: the task defaults (120 steps, batch 16, AdamW, no weight "
+        f"decay, cosine). Learning rate: chosen by `peftrepro sweep` on the validation split over "
+        f"{{{grid}}} (three rates x3 apart around the usual scale of this family of methods; the same "
+        f"budget for every method); the sweep is in sweep.json."
+    )
+
+
+def write() -> None:
+    for e in ENTRIES:
+        path = folder(e) / "manifest.json"
+        if path.exists():
+            print(f"exists: {path.relative_to(ROOT)}")
+            continue
+        doc = {
+            "$schema": "../../../../schemas/manifest.schema.json",
+            "schema_version": 1,
+            "task": "arithmetic",
+            "method": e.method,
+            "name": e.name,
+            "title": e.title,
+            "authors": ["peftrepro maintainers"],
+            "description": description(e),
+            "peft_config": e.config,
+            "training": {"optimizer_kwargs": {"lr": e.grid[1]}, **e.training},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote: {path.relative_to(ROOT)}")
+
+
+def step(args: list[str], log: Any) -> int:
+    t0 = time.perf_counter()
+    print(f"$ peftrepro {' '.join(args)}", file=log, flush=True)
+    code = subprocess.call([*PEFTREPRO, *args], cwd=ROOT, stdout=log, stderr=log)
+    print(f"  -> exit {code} in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
+    return code
+
+
+def claimed_seeds(sub: Path) -> set[int]:
+    from peftrepro.collect import load_submission
+
+    return set(load_submission(sub).claims)
+
+
+def run(only: set[str] | None, log: Any) -> None:
+    for e in ENTRIES:
+        if only and e.method not in only:
+            continue
+        sub = folder(e)
+        rel = str(sub.relative_to(ROOT))
+        if not (sub / "sweep.json").exists():
+            grid = ",".join(f"{x:g}" for x in e.grid)
+            if step(["sweep", rel, "--lrs", grid, "--apply"], log) != 0:
+                continue
+        missing = sorted(set(SEEDS) - claimed_seeds(sub))
+        for seed in missing:  # one process per seed: RSS figures carry nothing of another run
+            if step(["run", rel, "--seed", str(seed)], log) == 130:
+                return
+        verified = any((sub / "verifications").glob("*.json"))
+        if not verified and step(["verify", rel], log) == 130:
+            return
+        print(f"done: {rel}", file=log, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["write", "run"])
+    parser.add_argument("--only", help="comma-separated methods")
+    parser.add_argument("--log", type=Path, help="append progress here (default: stdout)")
+    args = parser.parse_args()
+    if args.command == "write":
+        write()
+        return
+    log = open(args.log, "a") if args.log else sys.stdout  # noqa: SIM115 - lives as long as the run
+    run(set(args.only.split(",")) if args.only else None, log)
+
+
+if __name__ == "__main__":
+    main()
