@@ -332,6 +332,13 @@ def claimed_seeds(sub: Path) -> set[int]:
     return set(load_submission(sub).claims)
 
 
+def has_verification(sub: Path) -> bool:
+    """A verification that applies to one of the current claims (not to a superseded record)."""
+    from peftrepro.collect import load_submission
+
+    return bool(load_submission(sub).verifications)
+
+
 def run(only: set[str] | None, log: Any) -> None:
     for e in ENTRIES:
         if only and e.method not in only:
@@ -346,8 +353,7 @@ def run(only: set[str] | None, log: Any) -> None:
         for seed in missing:  # one process per seed: RSS figures carry nothing of another run
             if step(["run", rel, "--seed", str(seed)], log) == 130:
                 return
-        verified = any((sub / "verifications").glob("*.json"))
-        if not verified and step(["verify", rel], log) == 130:
+        if not has_verification(sub) and step(["verify", rel], log) == 130:
             return
         print(f"done: {rel}", file=log, flush=True)
 

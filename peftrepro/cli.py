@@ -160,8 +160,8 @@ def run(
         _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
     manifest = resolve(found[0])
     plan = seeds or [manifest.training.seed if seed is None else seed]
-    # More than one run: each in a fresh process, so that no run's memory figures carry another's.
-    run_one = get_runner(runner or default_kind(), isolate=len(plan) > 1, **docker)
+    # Each run in a fresh process: memory figures then carry nothing of another run or of this one.
+    run_one = get_runner(runner or default_kind(), isolate=True, **docker)
     worst = 0
     for s in plan:
         click.echo(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 from pathlib import Path
@@ -14,8 +15,10 @@ from peftrepro.cli import main
 from peftrepro.manifest import resolve
 from peftrepro.records import list_records, read_record
 from peftrepro.runners.local import run_local
+from peftrepro.tasks import register
+from peftrepro.tasks.arithmetic import GGUFSource, LocalDirSource
 from tests.conftest import LORA_MANIFEST
-from tests.tiny import interrupt_during_training
+from tests.tiny import ExplodingTask, interrupt_during_training
 
 REPO = Path(__file__).parent.parent
 SAME_EVERY_RUN = (
@@ -67,13 +70,11 @@ def test_same_manifest_and_seed_give_identical_results(write_manifest) -> None:
     assert len(list_records(manifest.folder)) == 3  # nothing overwritten
 
 
-def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, monkeypatch) -> None:
-    import peftrepro.job as job
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("evaluation exploded\nsecond line")
-
-    monkeypatch.setattr(job, "save_adapter", broken)
+def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, tiny_model_dir) -> None:
+    # A registered task, not a monkeypatch: `run` trains in a child process, which gets the registry.
+    register(
+        "arithmetic", functools.partial(ExplodingTask, LocalDirSource(tiny_model_dir, GGUFSource.model_id))
+    )
     path = write_manifest()
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 1

@@ -6,6 +6,7 @@ is skipped. Llama-style `nn.Linear` layers so every PEFT method applies (OFT rej
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from peftrepro.tasks import register
+from peftrepro.tasks import Prepared, register
 from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource, all_problems, general_texts
 
 
@@ -58,6 +59,22 @@ def register_tiny(folder: Path) -> None:
     build_tiny_model(folder)
     # A partial, not a lambda: runs in child processes (runners.local.run_isolated) unpickle it.
     register("arithmetic", functools.partial(ArithmeticTask, LocalDirSource(folder, GGUFSource.model_id)))
+
+
+class ExplodingTask(ArithmeticTask):
+    """The tiny task whose test evaluation raises: a run that breaks after training. A class, so
+    that a child process can unpickle its registration."""
+
+    def prepare(self) -> Prepared:
+        prepared = super().prepare()
+        evaluate = prepared.evaluate
+
+        def exploding(model: torch.nn.Module, split: str, batch_size: int) -> float:
+            if split == "test" and hasattr(model, "peft_config"):  # the trained model, not the base
+                raise RuntimeError("evaluation exploded\nsecond line")
+            return evaluate(model, split, batch_size)
+
+        return dataclasses.replace(prepared, evaluate=exploding)
 
 
 def interrupt_during_training(args: list[str], tiny_model_dir: Path, sig: int) -> tuple[int, str, str]:

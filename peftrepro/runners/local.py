@@ -114,10 +114,11 @@ def run_local(
 def run_isolated(
     manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
 ) -> RunOutcome:
-    """`run_local` in a fresh child process. On the CPU tracks memory is the process's RSS, and a
-    second run in the same process measured 8-14% more than the same run alone (what the first run
-    left resident), so every run after a process's first goes through here. The child gets the
-    parent's task registration (the factory is pickled), so local stand-ins carry over."""
+    """`run_local` in a fresh child process: what the CLI's `run` and `verify` use. On the CPU
+    tracks memory is the process's RSS, and a second run in the same process measured 8-14% more
+    than the same run alone (what the first run left resident); a run inside a larger host process
+    (a test session) measured +44%. The child gets the parent's task registration (the factory is
+    pickled), so local stand-ins carry over."""
     import multiprocessing
 
     from peftrepro.tasks import task_factory
