@@ -231,9 +231,10 @@ def sweep(path: Path, lrs: list[float], seed: int, apply: bool) -> None:
         _fail(f"{label}: every rate failed; see {out}", EXIT_RUN_FAILED)
     edge = " (at the edge of the grid: widen it)" if record["at_grid_edge"] else ""
     click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
-    if apply:
-        apply_lr(manifest.path, record["chosen_lr"])
+    if apply and apply_lr(manifest, record["chosen_lr"]):
         click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")
+    elif apply:
+        click.echo(f"{manifest.path}: already uses lr {record['chosen_lr']:g}; unchanged")
 
 
 @main.command()

@@ -60,18 +60,45 @@ class MemoryStats:
     samples: int
 
 
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; False where that is not possible
+    (not Linux, or /proc not writable)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """The kernel's peak RSS since the last reset (VmHWM), or None where /proc has no such line."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 class MemorySampler:
-    """Samples memory once per training step (`step()`), plus, on CPU, every `interval` seconds
-    from a background thread so that a peak inside a step is not missed.
+    """Samples memory once per training step (`step()`) for the average and p99, and keeps the
+    exact peak.
 
     CUDA: torch's reserved memory (what the allocator holds, i.e. what another process could not
-    use) and its peak. CPU: the process RSS.
+    use) and its peak. CPU: the process RSS; the peak is the kernel's high-water mark (VmHWM), reset
+    when sampling starts, so a peak inside a step is never missed and nothing polls. Where the mark
+    cannot be reset (not Linux), a background thread polls RSS every `interval` seconds instead.
+    (A 20 ms polling thread cost a 15 ms/step loop 9 ms/step, and far more on a busy machine.)
     """
 
     def __init__(self, device: torch.device, interval: float = 0.02) -> None:
         self.device, self.interval = device, interval
         self.per_step: list[int] = []
         self._peak = 0
+        self._hwm = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -88,8 +115,10 @@ class MemorySampler:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         else:
-            self._thread = threading.Thread(target=self._poll, name="peftrepro-memory", daemon=True)
-            self._thread.start()
+            self._hwm = reset_peak_rss() and peak_rss_bytes() is not None
+            if not self._hwm:
+                self._thread = threading.Thread(target=self._poll, name="peftrepro-memory", daemon=True)
+                self._thread.start()
         self._peak = self._now()
         return self
 
@@ -104,6 +133,8 @@ class MemorySampler:
             self._thread.join()
         if self.device.type == "cuda":
             self._peak = max(self._peak, int(torch.cuda.max_memory_reserved(self.device)))
+        elif self._hwm:
+            self._peak = max(self._peak, peak_rss_bytes() or 0)
 
     def stats(self) -> MemoryStats:
         samples = self.per_step or [self._peak]

@@ -135,8 +135,12 @@ def write_sweep(folder: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def apply_lr(manifest_path: Path, lr: float) -> None:
-    """Set the manifest's `training.optimizer_kwargs.lr` to the chosen rate (the file is rewritten)."""
-    raw = json.loads(manifest_path.read_text())
+def apply_lr(manifest: ResolvedManifest, lr: float) -> bool:
+    """Set the manifest's `training.optimizer_kwargs.lr` to the chosen rate; the file is rewritten
+    only when the rate it resolves to differs (an unchanged manifest keeps its sha256, its records)."""
+    if manifest.training.optimizer_kwargs.get("lr") == lr:
+        return False
+    raw = json.loads(manifest.path.read_text())
     raw.setdefault("training", {}).setdefault("optimizer_kwargs", {})["lr"] = lr
-    replace_file(manifest_path, (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode())
+    replace_file(manifest.path, (json.dumps(raw, indent=2, ensure_ascii=False) + "\n").encode())
+    return True

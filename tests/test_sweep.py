@@ -58,3 +58,15 @@ def test_bad_grids_are_one_line_errors(write_manifest) -> None:
         result = CliRunner().invoke(main, ["sweep", str(path), "--lrs", grid])
         assert result.exit_code == 2 and "Invalid value for '--lrs'" in result.output, grid
     assert not (path.parent / SWEEP_FILE).exists()
+
+
+def test_apply_leaves_a_manifest_that_already_uses_the_rate_untouched(write_manifest) -> None:
+    from peftrepro.sweep import apply_lr
+
+    path = write_manifest()
+    before = path.read_bytes()
+    manifest = resolve(path)
+    assert apply_lr(manifest, manifest.training.optimizer_kwargs["lr"]) is False
+    assert path.read_bytes() == before
+    assert apply_lr(manifest, 0.0123) is True
+    assert resolve(path).training.optimizer_kwargs["lr"] == 0.0123
