@@ -32,14 +32,10 @@ from peftrepro.paths import cache_root
 from peftrepro.records import (
     RUNS_DIR,
     RunResult,
-    build_record,
-    new_run_id,
     read_record,
     utc_now,
-    write_record,
 )
-from peftrepro.runners.local import Cancellation, RunOutcome, trapped_signals
-from peftrepro.tasks import get_task
+from peftrepro.runners.local import Cancellation, RunOutcome, trapped_signals, write_outcome
 
 DEFAULT_IMAGE = "peftrepro:local"
 STOP_TIMEOUT_S = 60  # time the job gets to write its `cancelled` record before it is killed
@@ -288,14 +284,4 @@ def _collect(
             "message": f"stopped by {error}" if status == "cancelled" else message,
         },
     )
-    record = build_record(
-        manifest,
-        task_version=get_task(manifest.task).version,
-        run_id=new_run_id(seed, started),
-        seed=seed,
-        started=started,
-        finished=utc_now(),
-        result=result,
-    )
-    path = write_record(runs_dir, record)
-    return RunOutcome(record["status"], record, path)
+    return write_outcome(manifest, runs_dir, seed=seed, started=started, result=result)

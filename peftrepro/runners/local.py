@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -98,17 +99,30 @@ def run_local(
                 state, "failed", {"type": type(e).__name__, "message": " ".join(str(e).split())[:4000]}
             )
         cancellation.armed = False
-        record = build_record(
-            manifest,
-            task_version=get_task(manifest.task).version,
-            run_id=run_id,
-            seed=seed,
-            started=started,
-            finished=utc_now(),
-            result=result,
-        )
-        path = write_record(runs_dir, record)
-    return RunOutcome(result.status, record, path)
+        return write_outcome(manifest, runs_dir, seed=seed, started=started, result=result, run_id=run_id)
+
+
+def write_outcome(
+    manifest: ResolvedManifest,
+    runs_dir: Path,
+    *,
+    seed: int,
+    started: datetime,
+    result: RunResult,
+    run_id: str | None = None,
+) -> RunOutcome:
+    """Build the run's record (finished now), write it into `runs_dir`, return the outcome. Also
+    what a runner uses to say what happened when the job itself left no record."""
+    record = build_record(
+        manifest,
+        task_version=get_task(manifest.task).version,
+        run_id=run_id or new_run_id(seed, started),
+        seed=seed,
+        started=started,
+        finished=utc_now(),
+        result=result,
+    )
+    return RunOutcome(result.status, record, write_record(runs_dir, record))
 
 
 def run_isolated(
@@ -169,16 +183,8 @@ def run_isolated(
             "message": f"the run's process exited with code {child.exitcode} and no record",
         }
     )
-    record = build_record(
-        manifest,
-        task_version=get_task(manifest.task).version,
-        run_id=new_run_id(seed, started),
-        seed=seed,
-        started=started,
-        finished=utc_now(),
-        result=RunResult(status, {"steps_completed": 0}, {"runner": "local"}, error),
-    )
-    return RunOutcome(status, record, write_record(runs_dir, record))
+    result = RunResult(status, {"steps_completed": 0}, {"runner": "local"}, error)
+    return write_outcome(manifest, runs_dir, seed=seed, started=started, result=result)
 
 
 def _child(
