@@ -327,9 +327,17 @@ def step(args: list[str], log: Any) -> int:
 
 
 def claimed_seeds(sub: Path) -> set[int]:
+    """Seeds with a claim measured under today's allocator settings (older claims are re-run: their
+    CPU memory figures were taken with glibc's defaults, see measure.ALLOCATOR_ENV)."""
     from peftrepro.collect import load_submission
+    from peftrepro.measure import ALLOCATOR_ENV
 
-    return set(load_submission(sub).claims)
+    claims = load_submission(sub).claims
+    return {
+        seed
+        for seed, record in claims.items()
+        if record.data.get("environment", {}).get("determinism", {}).get("allocator") == ALLOCATOR_ENV
+    }
 
 
 def has_verification(sub: Path) -> bool:

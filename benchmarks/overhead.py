@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import resource
 import statistics
@@ -22,6 +23,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tiny
+
+from peftrepro.measure import ALLOCATOR_ENV
 
 LORA = {
     "peft_type": "LORA",
@@ -124,7 +127,11 @@ def main() -> None:
         for variant in ("peftrepro", "bare"):
             cmd = [sys.executable, __file__, "--variant", variant, "--steps", str(args.steps)]
             out = subprocess.run(
-                cmd + (["--tiny"] if args.tiny else []), capture_output=True, text=True, check=True
+                cmd + (["--tiny"] if args.tiny else []),
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, **ALLOCATOR_ENV},  # as every run's process starts
             )
             results[variant].append(json.loads(out.stdout.strip().splitlines()[-1]))
     step = {v: statistics.median(r["step_seconds"] for r in rs) for v, rs in results.items()}

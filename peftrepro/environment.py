@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from peftrepro.jsonio import canonical_sha256
+from peftrepro.measure import allocator_settings
 
 # Fields of the fingerprint that must be equal for two runs to be expected bit-identical.
 EXACT_FIELDS = (
@@ -142,6 +143,8 @@ def fingerprint(
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+            # They change no number a run computes, but they do change CPU memory figures.
+            "allocator": allocator_settings(),
         },
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "seeds": {"seed": seed},

@@ -16,6 +16,23 @@ from peftrepro.jsonio import sha256_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
+# glibc malloc settings every run's process starts with (read at process start, so they are set
+# for the spawned run process and the container, never changed in a running one). With glibc's
+# default, the mmap threshold grows with the largest block freed so far, and how much freed memory
+# stays resident depended on allocation order: the same LoRA run measured 1.65 or 1.90 GB average
+# RSS in fresh processes (two clusters, +16%). A fixed 1 MiB threshold and trim point, one arena:
+# 0.5% spread over fresh processes for +5% step time (benchmarks/memory_spread.py measures both).
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "1048576",
+    "MALLOC_TRIM_THRESHOLD_": "1048576",
+    "MALLOC_ARENA_MAX": "1",
+}
+
+
+def allocator_settings() -> dict[str, str | None]:
+    """The allocator variables this process was started with (None: glibc's default)."""
+    return {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+
 
 def rss_bytes() -> int:
     """Resident set size of this process now (Linux /proc), else the peak so far (other Unixes)."""

@@ -28,6 +28,7 @@ from peftrepro.environment import CONTAINER_ENV, git_state
 from peftrepro.errors import RecordError, RunCancelled, UsageError, safe_text
 from peftrepro.jsonio import pretty_bytes, write_new_file
 from peftrepro.manifest import ResolvedManifest
+from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import cache_root
 from peftrepro.records import (
     RUNS_DIR,
@@ -164,6 +165,7 @@ def run_docker(
             "HF_HUB_OFFLINE": "1",
             CONTAINER_ENV: json.dumps(facts, sort_keys=True),
             "PEFTREPRO_GIT_COMMIT": git_state(manifest.folder).get("commit") or "",
+            **ALLOCATOR_ENV,
         },
         "device_requests": requests_,
         "mem_limit": opts.memory,

@@ -22,6 +22,7 @@ from typing import Any
 from peftrepro.errors import PeftreproError, RunCancelled
 from peftrepro.job import execute
 from peftrepro.manifest import ResolvedManifest
+from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import adapter_dir
 from peftrepro.records import (
     RUNS_DIR,
@@ -125,6 +126,21 @@ def write_outcome(
     return RunOutcome(result.status, record, write_record(runs_dir, record))
 
 
+@contextmanager
+def allocator_environment() -> Iterator[None]:
+    """os.environ with ALLOCATOR_ENV while a child process starts (it inherits them), then as before."""
+    saved = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
+    os.environ.update(ALLOCATOR_ENV)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run_isolated(
     manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
 ) -> RunOutcome:
@@ -132,7 +148,7 @@ def run_isolated(
     tracks memory is the process's RSS, and a second run in the same process measured 8-14% more
     than the same run alone (what the first run left resident); a run inside a larger host process
     (a test session) measured +44%. The child gets the parent's task registration (the factory is
-    pickled), so local stand-ins carry over."""
+    pickled), so local stand-ins carry over. The child starts with ALLOCATOR_ENV (see measure.py)."""
     import multiprocessing
 
     from peftrepro.tasks import task_factory
@@ -162,7 +178,8 @@ def run_isolated(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        child.start()
+        with allocator_environment():
+            child.start()
         send.close()
         child.join()
     finally:
