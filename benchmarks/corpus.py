@@ -31,6 +31,7 @@ SEEDS = (0, 1, 2)
 LOW_RANK = (1e-3, 3e-3, 1e-2)  # LoRA and relatives: many parameters per layer
 FEW_PARAMS = (3e-3, 1e-2, 3e-2)  # scalings, spectra, shared banks, norms: few parameters per layer
 PROMPTS = (1e-2, 3e-2, 1e-1)  # virtual tokens: a handful of embedding-sized vectors
+FULL = (3e-5, 1e-4, 3e-4)  # full fine-tuning: every weight moves, so far smaller rates
 ALL_LINEAR = "all-linear"
 QV = ["q_proj", "v_proj"]
 # SmolLM2's tokens for the task: digits 0-9, " plus", " equals", " ", "."
@@ -42,7 +43,7 @@ class Entry:
     method: str
     name: str
     title: str
-    config: dict[str, Any]
+    config: dict[str, Any] | None  # None: full fine-tuning
     grid: tuple[float, ...]
     why: str  # how the (non-rate) hyperparameters were chosen
     training: dict[str, Any] = field(default_factory=dict)
@@ -277,6 +278,25 @@ ENTRIES = (
         {"peft_type": "P_TUNING", "num_virtual_tokens": 20, "encoder_hidden_size": 128},
         PROMPTS,
         "20 virtual tokens through a 128-wide MLP encoder",
+    ),
+    Entry(
+        "lora-fa",
+        "r8",
+        "LoRA-FA r=8 on all linear layers (LoRA with A frozen, peft's LoRA-FA optimizer)",
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ALL_LINEAR},
+        LOW_RANK,
+        "the reference LoRA row's rank, alpha and targets, trained with peft's LoRA-FA optimizer "
+        "(AdamW on lora_B only, projected gradients), as the public comparison's rank32-lorafa row",
+        {"optimizer_type": "lora-fa"},
+    ),
+    Entry(
+        "full-finetuning",
+        "all",
+        "Full fine-tuning: every weight trained, no adapter (the baseline)",
+        None,
+        FULL,
+        "none to choose: every weight of the model is trained and saved, as in the public "
+        "comparison's full-finetuning row",
     ),
 )
 

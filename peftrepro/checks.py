@@ -228,17 +228,24 @@ def check_disable(model: PeftModel, probe: Probe, base_out: torch.Tensor) -> Che
 
 
 def check_round_trip(
-    model: PeftModel, probe: Probe, fresh_base: Callable[[], torch.nn.Module], saved: Path | None = None
+    model: torch.nn.Module,
+    probe: Probe,
+    fresh_base: Callable[[], torch.nn.Module],
+    saved: Path | None = None,
 ) -> CheckResult:
-    """Reload the adapter (saved in `saved`, or saved here) into a fresh base; same outputs, same bytes."""
+    """Reload the adapter (saved in `saved`, or saved here) into a fresh base; same outputs, same bytes.
+    A model that is not a PeftModel (full fine-tuning) is reloaded whole, by its own class."""
     name = "round_trip"
     with tempfile.TemporaryDirectory(prefix="peftrepro-roundtrip-") as tmp:
         if saved is None:
             saved = Path(tmp) / "saved"
-            model.save_pretrained(str(saved))
+            model.save_pretrained(str(saved))  # type: ignore[operator]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            loaded = PeftModel.from_pretrained(fresh_base(), str(saved))
+            if isinstance(model, PeftModel):
+                loaded = PeftModel.from_pretrained(fresh_base(), str(saved))
+            else:
+                loaded = type(model).from_pretrained(str(saved), dtype=model.dtype)  # type: ignore[attr-defined]
         diff = max_diff(_outputs(probe, model), _outputs(probe, loaded))
         again = Path(tmp) / "again"
         loaded.save_pretrained(str(again))

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
 from peftrepro import checks, peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
@@ -68,7 +67,7 @@ class Trained:
 
     task: Task
     prepared: Prepared
-    model: PeftModel
+    model: torch.nn.Module  # a PeftModel, or the whole model for full fine-tuning
     result: TrainResult
     trainable: int
     total: int
@@ -99,16 +98,22 @@ def train_adapter(
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
     base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
-    peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
-    # On a copy, with the RNG state restored: the run below is the same with or without them.
-    found = checks.run_checks(model, peft_cfg, prepared.probe)
-    state["checks"] = checks.as_record(found)
-    if not all(r.ok for r in found):
-        raise checks.CheckFailed(str(manifest.path), manifest.method, found)
+    if manifest.peft_config is None:  # full fine-tuning: nothing to attach, so only the round trip applies
+        peft_cfg, state["checks"] = None, {}
+    else:
+        peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
+        # On a copy, with the RNG state restored: the run below is the same with or without them.
+        found = checks.run_checks(model, peft_cfg, prepared.probe)
+        state["checks"] = checks.as_record(found)
+        if not all(r.ok for r in found):
+            raise checks.CheckFailed(str(manifest.path), manifest.method, found)
 
     seed_everything(seed)  # the one place seeds are set: adapter init and data order both follow from here
-    peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
-    trainable, total = peftconfig.count_params(peft_model)
+    if peft_cfg is None:
+        model.requires_grad_(True)
+        peft_model = model
+    else:
+        peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
     release_freed_memory()
     result = train(
         peft_model,
@@ -118,10 +123,12 @@ def train_adapter(
         pad_token_id=prepared.pad_token_id,
         validate=lambda m: prepared.evaluate(m, "valid", cfg.batch_size_eval),
         device=device,
-        is_adalora=peft_cfg.peft_type == "ADALORA",
+        is_adalora=peft_cfg is not None and peft_cfg.peft_type == "ADALORA",
         progress=progress,
         on_step=lambda step: state.__setitem__("steps_completed", step),
     )
+    # Counted after training: an optimizer may freeze part of the adapter (LoRA-FA freezes lora_A).
+    trainable, total = peftconfig.count_params(peft_model)
     return Trained(task, prepared, peft_model, result, trainable, total, base, device)
 
 
@@ -174,7 +181,8 @@ def execute(
     }
 
 
-def save_adapter(model: PeftModel, folder: Path) -> tuple[int, str]:
+def save_adapter(model: torch.nn.Module, folder: Path) -> tuple[int, str]:
+    """Save the adapter (or, for full fine-tuning, the whole model); (bytes, sha256) of its weights."""
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(folder))
+    model.save_pretrained(str(folder))  # type: ignore[operator]
     return adapter_files(folder)

@@ -18,7 +18,7 @@ from typing import Any
 from peftrepro import schemas
 from peftrepro.errors import ManifestError, UsageError
 from peftrepro.jsonio import JSONReadError, canonical_sha256, read_json
-from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES, family_for
+from peftrepro.methods import FAMILIES, FULL_FINETUNING, METHOD_OPTIMIZERS, UNSUPPORTED_TYPES, family_for
 
 MANIFEST_FILE = "manifest.json"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -75,7 +75,7 @@ class ResolvedManifest:
     task: str
     method: str
     name: str
-    peft_config: dict[str, Any]
+    peft_config: dict[str, Any] | None  # None: full fine-tuning
     training: TrainingConfig
 
     @property
@@ -169,6 +169,14 @@ def check_policy(
         fail(("task",), f"unknown task {schemas.show(raw['task'])}; known: {', '.join(tasks)}")
 
     peft_config = raw["peft_config"]
+    if peft_config is None or raw["method"] == FULL_FINETUNING:
+        if peft_config is not None or raw["method"] != FULL_FINETUNING:
+            fail(
+                ("peft_config",) if peft_config is None else ("method",),
+                f'full fine-tuning is `"peft_config": null` in the method family {FULL_FINETUNING!r}; '
+                "every other family needs a PEFT config",
+            )
+        return
     peft_type = peft_config["peft_type"]
     if peft_type in UNSUPPORTED_TYPES:
         fail(("peft_config", "peft_type"), f"{peft_type} is not supported: {UNSUPPORTED_TYPES[peft_type]}")
@@ -192,6 +200,23 @@ def check_policy(
                 f"method family {family.name!r} requires {flag} = {schemas.show(value)}",
             )
 
+    optimizer = raw.get("training", {}).get("optimizer_type")
+    if family.optimizer is not None and optimizer != family.optimizer:
+        fail(
+            ("training", "optimizer_type"),
+            f"method family {family.name!r} requires optimizer_type = {schemas.show(family.optimizer)}",
+        )
+    if family.optimizer is None and optimizer in METHOD_OPTIMIZERS:
+        fail(
+            ("training", "optimizer_type"), f"{optimizer} is the method family {optimizer!r}; use that folder"
+        )
+    kwargs = raw.get("training", {}).get("optimizer_kwargs", {})
+    for key, default in (("r", 8), ("lora_alpha", 8)):  # LoraConfig's defaults
+        if family.optimizer == "lora-fa" and key in kwargs and kwargs[key] != peft_config.get(key, default):
+            fail(
+                ("training", "optimizer_kwargs", key),
+                f"must equal peft_config.{key} ({peft_config.get(key, default)}), or be left out",
+            )
     for key, why in FORBIDDEN_FIELDS.items():
         if peft_config.get(key) not in (None, {}, [], "megatron.core" if key == "megatron_core" else None):
             fail(("peft_config", key), f"not accepted: {why}; remove it")
@@ -262,14 +287,15 @@ def resolve(path: Path) -> ResolvedManifest:
     if problem:
         raise ManifestError(str(path), problem[0], problem[1])
     peft_config = copy.deepcopy(raw["peft_config"])
-    peft_config.setdefault("task_type", task.peft_task_type)
-    if peft_config["task_type"] != task.peft_task_type:
-        raise ManifestError(
-            str(path), "/peft_config/task_type", f"task {task.name!r} needs {task.peft_task_type}"
-        )
-    from peftrepro.peftconfig import build
+    if peft_config is not None:
+        peft_config.setdefault("task_type", task.peft_task_type)
+        if peft_config["task_type"] != task.peft_task_type:
+            raise ManifestError(
+                str(path), "/peft_config/task_type", f"task {task.name!r} needs {task.peft_task_type}"
+            )
+        from peftrepro.peftconfig import build
 
-    build(peft_config, str(path))  # the installed peft must accept every field
+        build(peft_config, str(path))  # the installed peft must accept every field
     return ResolvedManifest(
         path=path,
         raw=raw,

@@ -15,6 +15,7 @@ import torch
 from peftrepro.jsonio import sha256_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MODEL_WEIGHTS = "model.safetensors"  # what full fine-tuning saves
 
 # glibc malloc settings every run's process starts with (read at process start, so they are set
 # for the spawned run process and the container, never changed in a running one). With glibc's
@@ -179,6 +180,9 @@ class StepTimer:
 
 
 def adapter_files(folder: Path) -> tuple[int, str]:
-    """(bytes, sha256) of the saved adapter weights in `folder`."""
+    """(bytes, sha256) of the saved adapter weights in `folder` (the whole model's, for full
+    fine-tuning)."""
     path = folder / ADAPTER_WEIGHTS
+    if not path.exists() and (folder / MODEL_WEIGHTS).exists():
+        path = folder / MODEL_WEIGHTS
     return path.stat().st_size, sha256_file(path)

@@ -15,9 +15,14 @@ from peft.utils import PeftType
 @dataclass(frozen=True)
 class MethodFamily:
     name: str
-    peft_type: str
+    peft_type: str | None  # None: full fine-tuning, nothing attached
     # Fields that must hold exactly this value; `False` also accepts the field being absent.
     flags: dict[str, Any] = field(default_factory=dict)
+    optimizer: str | None = None  # a method that is an optimizer (LoRA-FA) needs exactly this one
+
+
+# Optimizers that make a method of their own: only their family may use them.
+METHOD_OPTIMIZERS = frozenset({"lora-fa"})
 
 
 # Types that cannot be run safely or meaningfully by the shared training loop, and why.
@@ -28,10 +33,16 @@ UNSUPPORTED_TYPES: dict[str, str] = {
     "CPT": "it needs per-example token-type masks the tasks do not provide",
 }
 
+# The baseline every method is measured against: every base weight trained, no adapter. Its
+# manifest says `"peft_config": null`, as the public comparison's `full-finetuning` experiments do.
+FULL_FINETUNING = "full-finetuning"
+
 _VARIANTS = (
+    MethodFamily(FULL_FINETUNING, None),
     MethodFamily("lora", "LORA", {"use_dora": False, "use_rslora": False}),
     MethodFamily("dora", "LORA", {"use_dora": True, "use_rslora": False}),
     MethodFamily("rslora", "LORA", {"use_rslora": True, "use_dora": False}),
+    MethodFamily("lora-fa", "LORA", {"use_dora": False}, optimizer="lora-fa"),
 )
 
 

@@ -29,6 +29,9 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], frozenset[str]]] = {
     "SGD": (torch.optim.SGD, frozenset({"lr", "weight_decay", "momentum"})),
     "RMSprop": (torch.optim.RMSprop, frozenset({"lr", "weight_decay", "momentum", "alpha", "eps"})),
     "Adagrad": (torch.optim.Adagrad, frozenset({"lr", "weight_decay", "eps"})),
+    # peft's LoRA-FA (AdamW on lora_B with lora_A frozen, gradients projected); the method family
+    # `lora-fa`. r and lora_alpha, as the public comparison writes them, must equal the LoRA config's.
+    "lora-fa": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "r", "lora_alpha"})),
 }
 BUCKET_BATCHES = 8  # length bucketing sorts this many batches' worth of examples at a time
 
@@ -45,6 +48,17 @@ def check_optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str]
     if "lr" not in kwargs:
         return "/training/optimizer_kwargs/lr", "a learning rate is required"
     return None
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer_type == "lora-fa":
+        from peft.optimizers import create_lorafa_optimizer
+
+        lora: Any = getattr(model, "peft_config")["default"]  # noqa: B009 - a PeftModel's, by the manifest policy
+        kwargs = {"r": lora.r, "lora_alpha": lora.lora_alpha, **cfg.optimizer_kwargs}
+        return create_lorafa_optimizer(model, **kwargs)  # type: ignore[arg-type]
+    optimizer_cls, _ = OPTIMIZERS[cfg.optimizer_type]
+    return optimizer_cls([p for p in model.parameters() if p.requires_grad], **cfg.optimizer_kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -136,9 +150,8 @@ def train(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of `model` for cfg.max_steps steps; validate every eval_steps."""
-    optimizer_cls, _ = OPTIMIZERS[cfg.optimizer_type]
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = optimizer_cls(params, **cfg.optimizer_kwargs)
+    optimizer = make_optimizer(model, cfg)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
     batches = bucketed_batches(examples, cfg, pad_token_id, random.Random(seed))
     timer, sampler = StepTimer(), MemorySampler(device)

@@ -11,6 +11,7 @@ from peftrepro import checks, peftconfig
 from peftrepro.errors import PeftreproError
 from peftrepro.manifest import ResolvedManifest, resolve
 from peftrepro.tasks import Prepared, get_task
+from peftrepro.training import make_optimizer
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def validate_one(
         manifest = resolve(path)
         if not attach:
             return Validated(path, manifest)
-        config = peftconfig.build(manifest.peft_config, str(path))
+        config = None if manifest.peft_config is None else peftconfig.build(manifest.peft_config, str(path))
         task = get_task(manifest.task)
         # One model load per task and command; each manifest gets a fresh copy of the base weights.
         if prepared is not None and manifest.task in prepared:
@@ -46,7 +47,11 @@ def validate_one(
             if prepared is not None:
                 prepared[manifest.task] = base
 
+        if config is None:  # full fine-tuning: every parameter trains; its round trip runs after training
+            _, total = peftconfig.count_params(base.model)
+            return Validated(path, manifest, total, total)
         model = peftconfig.attach_checked(copy.deepcopy(base.model), config, str(path))
+        make_optimizer(model, manifest.training)  # what it trains: LoRA-FA's freezes lora_A
         trainable, total = peftconfig.count_params(model)
         del model
         found = None

@@ -92,6 +92,15 @@ def test_hash_is_pinned_for_a_fixed_document() -> None:
         ({"peft_config": {"peft_type": "XLORA"}}, "/peft_config/peft_type", "not supported"),
         ({"peft_config": {"peft_type": "LORA", "bias": "../../etc"}}, "/peft_config/bias", "file paths"),
         ({"description": DELETE}, "/description", "required field is missing"),
+        ({"peft_config": None}, "/peft_config", "full fine-tuning is"),
+        ({"method": "full-finetuning"}, "/method", "every other family needs a PEFT config"),
+        ({"training": {"optimizer_type": "lora-fa"}}, "/training/optimizer_type", "method family 'lora-fa'"),
+        ({"method": "lora-fa"}, "/training/optimizer_type", 'requires optimizer_type = "lora-fa"'),
+        (
+            {"method": "lora-fa", "training": {"optimizer_type": "lora-fa", "optimizer_kwargs": {"r": 16}}},
+            "/training/optimizer_kwargs/r",
+            "must equal peft_config.r (4)",
+        ),
     ],
 )
 def test_policy_errors_name_the_field(write_manifest, changes, pointer, fragment) -> None:

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from peftrepro import schemas
@@ -137,6 +138,48 @@ def test_loop_handles_each_kind_of_method(write_manifest, method) -> None:
     assert outcome.status == "success", outcome.record["error"]
     m = outcome.record["metrics"]
     assert m["trainable_params"] > 0 and m["adapter_bytes"] > 0 and m["steps_completed"] == 4
+
+
+def test_full_finetuning_trains_every_weight_and_saves_the_whole_model(write_manifest) -> None:
+    path = write_manifest(
+        {"method": "full-finetuning", "peft_config": None, "training": {"max_steps": 3, "eval_steps": 3}}
+    )
+    outcome = run_local(resolve(path), seed=0)
+    assert outcome.status == "success", outcome.record["error"]
+    m = outcome.record["metrics"]
+    assert m["trainable_params"] == m["total_params"] > 100_000
+    assert m["adapter_bytes"] > 4 * m["total_params"] * 0.99  # every fp32 weight, saved once
+    assert m["train_loss_final"] > 0 and m["forgetting"] != 0  # the base weights really moved
+    # Nothing is attached, so only the round trip applies: the trained weights reload to the same outputs.
+    assert set(outcome.record["checks"]) == {"round_trip"}
+    assert outcome.record["checks"]["round_trip"]["status"] == "passed"
+    assert outcome.record["resolved_config"]["peft_config"] is None
+
+
+def test_lora_fa_trains_lora_b_only(write_manifest) -> None:
+    from safetensors.torch import load_file
+
+    from peftrepro import peftconfig
+    from peftrepro.paths import adapter_dir
+    from peftrepro.tasks import get_task
+    from peftrepro.training import seed_everything
+
+    training = {"optimizer_type": "lora-fa", "optimizer_kwargs": {"lr": 1e-2}, "max_steps": 3}
+    manifest = resolve(write_manifest({"method": "lora-fa", "training": training}))
+    outcome = run_local(manifest, seed=0)
+    assert outcome.status == "success", outcome.record["error"]
+    saved = adapter_dir("arithmetic", "lora-fa", "tiny", outcome.record["run_id"])
+    trained = load_file(saved / "adapter_model.safetensors")
+    seed_everything(0)  # as the run does right before attaching: the same initial adapter
+    config = peftconfig.build(manifest.peft_config, "")
+    fresh = peftconfig.attach(get_task("arithmetic").prepare().model, config)
+    init = {k.replace(".default", ""): v for k, v in fresh.state_dict().items() if "lora_" in k}
+    a_keys = [k for k in trained if "lora_A" in k]
+    b_keys = [k for k in trained if "lora_B" in k]
+    assert a_keys and b_keys
+    assert all(torch.equal(trained[k], init[k]) for k in a_keys)  # LoRA-FA freezes A ...
+    assert not any(torch.equal(trained[k], init[k]) for k in b_keys)  # ... and trains B
+    assert outcome.record["metrics"]["trainable_params"] == sum(trained[k].numel() for k in b_keys)
 
 
 def test_run_refuses_a_folder_without_one_manifest(tmp_path: Path) -> None:
