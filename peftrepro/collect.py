@@ -23,7 +23,7 @@ from peftrepro.compare import judge
 from peftrepro.errors import InputError, PeftreproError, safe_text
 from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
-from peftrepro.records import RUNS_DIR
+from peftrepro.records import RECORD_SCHEMA_VERSION, RUNS_DIR
 from peftrepro.sweep import SWEEP_FILE
 from peftrepro.tasks import get_task
 
@@ -141,6 +141,14 @@ def _load_records(sub: Submission) -> None:
             continue
         record = Stored(path, data, sha)
         header = _header(data)
+        fmt = data.get("schema_version")
+        if type(fmt) is int and fmt != RECORD_SCHEMA_VERSION:  # another toolkit's record format
+            why = f"record format v{fmt} (this toolkit reads v{RECORD_SCHEMA_VERSION})"
+            if header[0] == "success" and sub.stale is None and sub.latest is None and _bound(sub, record):
+                sub.stale, sub.stale_reason = record, why + "; re-run it"
+            elif header[0] is None:
+                sub.ignored.append((path, why))
+            continue
         current = m is not None and header[2:] == (m.sha256, version)
         success = header[0] == "success"
         if header[0] is None:
@@ -167,13 +175,20 @@ def _usable(sub: Submission, record: Stored) -> bool:
     except InputError as e:
         sub.ignored.append((record.path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
         return False
+    return _bound(sub, record)
+
+
+def _bound(sub: Submission, record: Stored) -> bool:
+    """Bound to this folder and file name (checked on a record in any format with a readable header)."""
     s = record.data["submission"]
-    owner = (s["task"], s["method"], s["name"])
+    owner = (s.get("task"), s.get("method"), s.get("name"))
     if owner != sub.key:
-        sub.ignored.append((record.path, f"belongs to {'/'.join(owner)}, not to this folder"))
+        sub.ignored.append((record.path, f"belongs to {'/'.join(map(str, owner))}, not to this folder"))
         return False
-    if record.data["run_id"] != record.path.stem:
-        sub.ignored.append((record.path, f"run_id {record.data['run_id']} does not match the file name"))
+    if record.data.get("run_id") != record.path.stem:
+        sub.ignored.append(
+            (record.path, f"run_id {safe_text(str(record.data.get('run_id')))} does not match the file name")
+        )
         return False
     return True
 

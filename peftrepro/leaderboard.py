@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
 from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
@@ -23,7 +24,8 @@ STATUSES = {
     "not_reproduced": "a verification of one of its records failed: the numbers are disputed",
     "flagged": "mean score no better than the untuned base model's: a broken setup, not a method result",
     "failed": "the newest run of the current manifest failed and none succeeded",
-    "stale": "only records of an earlier manifest or task version exist (reason given)",
+    "stale": "only records of an earlier manifest, task version or record format exist (reason given)",
+    "superseded": "a newer submission declares `supersedes` for it: shown under History",
 }
 
 
@@ -34,7 +36,7 @@ class Stat:
     n: int
 
 
-def stat(values: list[float]) -> Stat | None:
+def stat(values: list[Any]) -> Stat | None:
     vals = [float(v) for v in values if isinstance(v, int | float) and math.isfinite(v)]
     if not vals or len(vals) != len(values):
         return None
@@ -84,7 +86,7 @@ def build_row(sub: Submission, score_key: str) -> Row | None:
         return None
     row.checks = checks_cell(row.records)
     for key in (score_key, "base_" + score_key, *SHOWN):
-        row.stats[key] = stat([r.data["metrics"].get(key) for r in row.records])
+        row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
     if row.status == "stale":
         return row
     base = row.stats["base_" + score_key]
@@ -100,12 +102,18 @@ def build_row(sub: Submission, score_key: str) -> Row | None:
     return row
 
 
+def metrics_of(record: Stored) -> dict[str, Any]:
+    """A record's metrics; {} where a stale record of another format has none to read."""
+    m = record.data.get("metrics")
+    return m if isinstance(m, dict) else {}
+
+
 def checks_cell(records: list[Stored]) -> str:
     """The structural checks that every record of a row carries, as marks (`I= D M R`); a check
     any record failed is marked ✗; "–" when the records predate the checks."""
     marks = []
     for c in CHECKS:
-        found = [(r.data.get("checks") or {}).get(c.key) for r in records]
+        found = [c_.get(c.key) if isinstance(c_ := r.data.get("checks"), dict) else None for r in records]
         statuses = {f.get("status") for f in found if isinstance(f, dict)}
         if "failed" in statuses:
             marks.append(c.code + "✗")
@@ -155,6 +163,12 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
     rows = [
         r for s in subs if s.key[0] == task and s.manifest is not None and (r := build_row(s, t.score_key))
     ]
+    by_key = {f"{r.sub.key[1]}/{r.sub.key[2]}": r for r in rows}
+    for s in subs:
+        old = s.manifest.raw.get("supersedes") if s.key[0] == task and s.manifest else None
+        if isinstance(old, str) and (target := by_key.get(old)) is not None:
+            target.status, target.front = "superseded", False
+            target.note = f"superseded by {s.key[1]}/{s.key[2]}" + (f"; {target.note}" if target.note else "")
     candidates = [r for r in rows if r.status in ON_FRONT]
     for r, on in zip(
         candidates,
@@ -162,7 +176,15 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         strict=True,
     ):
         r.front = on
-    order = {"verified": 0, "claimed": 0, "not_reproduced": 1, "flagged": 2, "failed": 3, "stale": 4}
+    order = {
+        "verified": 0,
+        "claimed": 0,
+        "not_reproduced": 1,
+        "flagged": 2,
+        "failed": 3,
+        "stale": 4,
+        "superseded": 5,
+    }
     rows.sort(key=lambda r: (order[r.status], -_finite(r.value(t.score_key)), r.sub.key))
     return rows
 

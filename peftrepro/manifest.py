@@ -164,6 +164,8 @@ def check_policy(
             f"must be at <submissions>/{'/'.join(expected_parts)} (task/method/name must match the folders)",
         )
 
+    if raw.get("supersedes") == f"{raw['method']}/{raw['name']}":
+        fail(("supersedes",), "names this submission itself; name the earlier one (method/name)")
     tasks = sorted(task_names)
     if raw["task"] not in tasks:
         fail(("task",), f"unknown task {schemas.show(raw['task'])}; known: {', '.join(tasks)}")

@@ -64,8 +64,9 @@ def _status_cell(row: Row) -> str:
 def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Path, root_rel: str) -> str:
     t = get_task(task_name)
     score, cost = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.pareto_cost_key]
-    main = [r for r in rows if r.status != "stale"]
+    main = [r for r in rows if r.status not in ("stale", "superseded")]
     stale = [r for r in rows if r.status == "stale"]
+    history = [r for r in rows if r.status == "superseded"]
     lines = [
         HEADER,
         f"# {task_name} — {t.base_model_id}",
@@ -120,7 +121,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
             "",
             "## Stale rows",
             "",
-            "Their records were made for an earlier manifest or task version; "
+            "Their records were made for an earlier manifest, task version or record format; "
             "re-run them to bring them back.",
             "",
         ]
@@ -134,6 +135,27 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
                     _records_cell(r, root_rel),
                 ]
                 for r in stale
+            ],
+        )
+    if history:
+        lines += [
+            "",
+            "## History",
+            "",
+            "Submissions replaced by a newer one (its manifest's `supersedes`).",
+            "",
+        ]
+        lines += table(
+            ["submission", f"{score.label}", "seeds", "replaced", "records"],
+            [
+                [
+                    _submission_cell(r, root_rel),
+                    fmt_stat(r.stats.get(t.score_key), ".3f"),
+                    str(len(r.records)),
+                    md(r.note),
+                    _records_cell(r, root_rel),
+                ]
+                for r in history
             ],
         )
     lines += _sweep_section([s for s in subs if s.key[0] == task_name and s.sweep is not None], root_rel)
@@ -252,7 +274,7 @@ def overview(
             f"Full table and plot: [{task_name}.md]({task_name}.md).",
             "",
         ]
-        shown = [r for r in rows if r.status != "stale"]
+        shown = [r for r in rows if r.status not in ("stale", "superseded")]
         lines += (
             table(
                 ["", "submission", "status", f"{score.label} ↑", "peak mem. ↓", "adapter size ↓"],

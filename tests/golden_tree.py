@@ -166,6 +166,29 @@ def build(root: Path) -> None:
     )
     save(m.folder, "runs", record(m, 0, run_id(2, 0, 60), manifest_sha256="b" * 64, test_accuracy=0.4))
 
+    # stale: its only record is in a record format this toolkit does not read (a future v2)
+    m = write_manifest(
+        root,
+        manifest_doc("lokr", "v2", {"peft_type": "LOKR", "r": 8, "target_modules": ["q_proj", "v_proj"]}),
+    )
+    future = record(m, 0, run_id(2, 0, 61), test_accuracy=0.45)
+    future["schema_version"] = 2
+    save(m.folder, "runs", future)
+
+    # superseded: lokr/r4 names lokr/old in `supersedes`; the old row moves to History
+    old_cfg = {"peft_type": "LOKR", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+    m = write_manifest(root, manifest_doc("lokr", "old", old_cfg))
+    save(m.folder, "runs", record(m, 0, run_id(2, 0, 62), test_accuracy=0.5))
+    m = write_manifest(
+        root,
+        manifest_doc(
+            "lokr", "r4", {**old_cfg, "rank_dropout": 0.0}, supersedes="lokr/old", title="LoKr r=4, again"
+        ),
+    )
+    save(
+        m.folder, "runs", record(m, 0, run_id(3, 0, 63), test_accuracy=0.48, peak_memory_bytes=int(2.5 * GiB))
+    )
+
     # never run
     write_manifest(
         root,

@@ -66,6 +66,7 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "vera/broken": "flagged",
         "boft/crashed": "failed",
         "oft/conv": "failed",
+        "lokr/r4": "claimed",
     }
     checks = {
         k.split("]")[0].lstrip("["): v.split("|")[11].strip() for k, v in table.items() if k.startswith("[")
@@ -76,6 +77,9 @@ def test_golden_rows_have_the_expected_statuses() -> None:
     assert checks["vera/broken"] == "–"  # recorded before the checks existed
     stale = text.split("## Stale rows")[1].split("##")[0]
     assert "[hra/old]" in stale and "manifest changed since the run" in stale
+    assert "[lokr/v2]" in stale and "record format v2 (this toolkit reads v1)" in stale
+    history = text.split("## History")[1].split("##")[0]
+    assert "[lokr/old]" in history and "superseded by lokr/r4" in history
     front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith("| ★")}
     assert front == {
         "lora/r8",

@@ -93,6 +93,8 @@ def test_hash_is_pinned_for_a_fixed_document() -> None:
         ({"peft_config": {"peft_type": "LORA", "bias": "../../etc"}}, "/peft_config/bias", "file paths"),
         ({"description": DELETE}, "/description", "required field is missing"),
         ({"peft_config": None}, "/peft_config", "full fine-tuning is"),
+        ({"supersedes": "lora/tiny"}, "/supersedes", "names this submission itself"),
+        ({"supersedes": "../../etc"}, "/supersedes", "match"),
         ({"method": "full-finetuning"}, "/method", "every other family needs a PEFT config"),
         ({"training": {"optimizer_type": "lora-fa"}}, "/training/optimizer_type", "method family 'lora-fa'"),
         ({"method": "lora-fa"}, "/training/optimizer_type", 'requires optimizer_type = "lora-fa"'),
