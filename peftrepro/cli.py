@@ -345,6 +345,60 @@ def leaderboard(check: bool, root: Path, out: Path) -> None:
 
 @main.command()
 @click.argument("task")
+@click.argument("method")
+@click.argument("name")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(path_type=Path),
+    help="Start from this submission's manifest (a folder or manifest.json) instead of the defaults.",
+)
+@submissions_option
+def new(task: str, method: str, name: str, source: Path | None, root: Path) -> None:
+    """Write a manifest skeleton for TASK/METHOD/NAME and print the next commands.
+
+    The PEFT config lists every field of the method's config class with the installed peft's
+    default (`--from` copies another submission's config and training settings instead).
+    """
+    from peftrepro.scaffold import new_submission, next_steps
+    from peftrepro.validate import validate_one
+
+    path = new_submission(root, task, method, name, source)
+    click.echo(f"wrote {path}")
+    checked = validate_one(path)  # attaches it to the task's model: the defaults may not fit it
+    if checked.error is not None:
+        click.echo(f"note: {checked.error.message}; edit peft_config before running it")
+    else:
+        click.echo(
+            f"it attaches: {checked.trainable_params:,} trainable of {checked.total_params:,} parameters"
+        )
+    click.echo("next:")
+    for line in next_steps(path):
+        click.echo(f"  {line}")
+
+
+@main.command("list")
+@click.argument("what", type=click.Choice(["tasks", "methods", "submissions"]))
+@submissions_option
+def list_(what: str, root: Path) -> None:
+    """Show the tasks, the method families (and unsupported PEFT types), or the submissions with status."""
+    from tabulate import tabulate
+
+    from peftrepro import scaffold
+
+    if what == "tasks":
+        headers, rows = ["task", "version", "base model", "score", "training budget"], scaffold.list_tasks()
+    elif what == "methods":
+        headers, rows = ["method family", "runs"], scaffold.list_methods()
+    else:
+        if not root.is_dir():
+            _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
+        headers, rows = ["submission", "status", "detail"], scaffold.list_submissions(root)
+    click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
+
+
+@main.command()
+@click.argument("task")
 def fetch(task: str) -> None:
     """Put a task's pinned assets into the cache (the only step that may use the network)."""
     from peftrepro.tasks import get_task, task_names

@@ -1,0 +1,190 @@
+"""`peftrepro new` and `peftrepro list`: start a submission, and see what exists.
+
+A new manifest names every field of its PEFT type's config with the installed peft's default, so
+that a contributor edits values instead of looking up names; fields the manifest policy refuses
+(paths, hub revisions, remote code) and those the task fills (task_type) are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from pathlib import Path
+from typing import Any
+
+from peftrepro.errors import ManifestError, UsageError
+from peftrepro.jsonio import write_new_file
+from peftrepro.manifest import FORBIDDEN_FIELDS, MANIFEST_FILE, NAME_RE, load_raw, resolve
+from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES
+
+# Filled by the task or by peft itself; never something a submission chooses.
+NOT_CHOSEN = {"peft_type", "task_type", "base_model_name_or_path", "inference_mode", "peft_version"}
+PLACEHOLDER = "(replace this)"
+# Fields that peft leaves unset (None) but that a config of the type needs: a starting value,
+# which the contributor is expected to tune. total_step follows the task's max_steps.
+STARTERS: dict[str, dict[str, Any]] = {
+    "PROMPT_TUNING": {"num_virtual_tokens": 20},
+    "PREFIX_TUNING": {"num_virtual_tokens": 20},
+    "P_TUNING": {"num_virtual_tokens": 20},
+    "CARTRIDGE": {"num_virtual_tokens": 20},
+}
+NOT_NULL = {"r", "lora_alpha", "alpha", "num_virtual_tokens"}  # the schema types them: None is left out
+SCHEMA_REF = "../../../../schemas/manifest.schema.json"
+
+
+def peft_defaults(peft_type: str) -> dict[str, Any]:
+    """`{"peft_type": ..., field: default, ...}` for every field of the installed peft's config class
+    that has a JSON default and that a manifest may set."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+    out: dict[str, Any] = {"peft_type": peft_type}
+    config_class: Any = PEFT_TYPE_TO_CONFIG_MAPPING[peft_type]  # type: ignore[index]
+    for f in dataclasses.fields(config_class):
+        if f.name in NOT_CHOSEN or f.name in FORBIDDEN_FIELDS or f.name.startswith("_") or not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        value = value.value if isinstance(value, enum.Enum) else value
+        if value is None and f.name in NOT_NULL:
+            continue  # peft derives it (from r, say)
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError):
+            continue  # not expressible in a manifest (a class, a callable): peft's default applies
+        out[f.name] = value
+    return out
+
+
+def skeleton(task: str, method: str, name: str, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A manifest for task/method/name: from `source` (another manifest) or the method's defaults."""
+    from peftrepro.tasks import get_task
+
+    family = FAMILIES.get(method)
+    if family is None:
+        raise UsageError(f"unknown method family {method!r}; `peftrepro list methods` shows them")
+    if source is not None:
+        peft_config = source["peft_config"]
+        training = dict(source.get("training", {}))
+    else:
+        training = {}
+        peft_config = None
+        if family.peft_type is not None:
+            peft_config = {**peft_defaults(family.peft_type), **STARTERS.get(family.peft_type, {})}
+            if family.peft_type == "ADALORA":  # its schedule must end where training does
+                peft_config["total_step"] = get_task(task).training_defaults["max_steps"]
+    if peft_config is not None:
+        peft_config = {**peft_config, **family.flags}
+    if family.optimizer is not None:
+        training["optimizer_type"] = family.optimizer
+    doc: dict[str, Any] = {
+        "$schema": SCHEMA_REF,
+        "schema_version": 1,
+        "task": task,
+        "method": method,
+        "name": name,
+        "title": f"{method} {name} {PLACEHOLDER}",
+        "authors": [PLACEHOLDER],
+        "description": f"How the hyperparameters were chosen, and on which split {PLACEHOLDER}.",
+        "peft_config": peft_config,
+    }
+    if training:
+        doc["training"] = training
+    return doc
+
+
+def new_submission(root: Path, task: str, method: str, name: str, source: Path | None = None) -> Path:
+    """Write <root>/<task>/<method>/<name>/manifest.json (never over an existing file); check that it
+    resolves. Returns its path."""
+    for what, value in (("task", task), ("method", method), ("name", name)):
+        if not NAME_RE.fullmatch(value):
+            raise UsageError(f"{what} {value!r} must match ^[a-z0-9][a-z0-9._-]{{0,63}}$")
+    from peftrepro.tasks import task_names
+
+    if task not in task_names():
+        raise UsageError(f"unknown task {task!r}; known: {', '.join(task_names())}")
+    raw = None
+    if source is not None:
+        source_file = source / MANIFEST_FILE if source.is_dir() else source
+        raw = load_raw(source_file)  # schema-checked: a broken source is refused here, with its path
+    doc = skeleton(task, method, name, raw)
+    path = root / task / method / name / MANIFEST_FILE
+    if path.exists() or path.is_symlink():
+        raise UsageError(f"{path} exists; a submission is never edited in place: pick another name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_new_file(path, (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode())
+    try:
+        resolve(path)
+    except ManifestError as e:
+        path.unlink()  # leave nothing half-made behind
+        raise UsageError(f"the new manifest would not resolve ({e.message}); nothing written") from None
+    return path
+
+
+def next_steps(path: Path) -> list[str]:
+    folder = path.parent
+    return [
+        f"1. edit {path}: title, authors, description (how you chose the settings), peft_config, training",
+        f"2. peftrepro validate --deep {folder}",
+        f"3. peftrepro sweep {folder} --lrs 1e-3,3e-3,1e-2 --apply   (tunes on the validation split)",
+        f"4. peftrepro run {folder} --seeds 0,1,2",
+        "5. peftrepro ci --changed-since origin/main   (what the pull-request check will say)",
+        f"6. open a pull request with {folder}: manifest.json, sweep.json, runs/",
+    ]
+
+
+def list_tasks() -> list[list[str]]:
+    from peftrepro.metrics import METRICS_BY_KEY
+    from peftrepro.tasks import get_task, task_names
+
+    rows = []
+    for name in task_names():
+        t = get_task(name)
+        d = t.training_defaults
+        budget = f"{d['max_steps']} steps x batch {d['batch_size']}, lr {d['optimizer_kwargs']['lr']:g}"
+        rows.append([name, t.version, t.base_model_id, METRICS_BY_KEY[t.score_key].label, budget])
+    return rows
+
+
+def list_methods() -> list[list[str]]:
+    rows = []
+    for f in FAMILIES.values():
+        if f.peft_type is None:
+            what = "peft_config null (full fine-tuning)"
+        else:
+            what = " ".join([f.peft_type, *(f"{k}={json.dumps(v)}" for k, v in f.flags.items())])
+        if f.optimizer:
+            what += f", optimizer_type {f.optimizer}"
+        rows.append([f.name, what])
+    rows += [[t.lower().replace("_", "-"), f"not supported: {why}"] for t, why in UNSUPPORTED_TYPES.items()]
+    return rows
+
+
+def list_submissions(root: Path) -> list[list[str]]:
+    from peftrepro.collect import load_tree
+    from peftrepro.leaderboard import task_rows
+    from peftrepro.tasks import task_names
+
+    subs, _ = load_tree(root)
+    rows = []
+    tasks = sorted({s.key[0] for s in subs} & set(task_names()))
+    by_key = {r.sub.key: r for task in tasks for r in task_rows(subs, task)}
+    for s in subs:
+        label = "/".join(s.key)
+        if s.manifest is None:
+            rows.append([label, "invalid", (s.problem or "")[:160]])
+            continue
+        row = by_key.get(s.key)
+        if row is None:
+            rows.append([label, "not run", ""])
+            continue
+        seeds = ",".join(str(r.data["seed"]) for r in row.records)
+        status = row.status.replace("_", " ")
+        if row.status == "verified":
+            status += f" ({len(row.verified_seeds)}/{len(row.records)})"
+        rows.append([label, status, f"seeds {seeds}" + (f"; {row.note}" if row.note else "")])
+    return rows
