@@ -398,6 +398,37 @@ def list_(what: str, root: Path) -> None:
 
 
 @main.command()
+@click.option(
+    "--changed-since", "ref", required=True, metavar="GIT_REF", help="Check what changed since this ref."
+)
+@click.option("--summary", type=click.Path(path_type=Path), help="Also write the Markdown summary here.")
+@click.option("--smoke-steps", type=click.IntRange(1, 1000), default=2, show_default=True)
+@click.option("--no-verify", is_flag=True, help="Skip re-running claimed records (the slow step).")
+@submissions_option
+@click.option("--leaderboard", "board", type=click.Path(path_type=Path), default=Path("leaderboard"))
+def ci(ref: str, summary: Path | None, smoke_steps: int, no_verify: bool, root: Path, board: Path) -> None:
+    """The pull-request check, locally: policy, validate --deep, a smoke run and verify for each
+    submission changed since GIT_REF, then leaderboard --check. Exit 0 when all passed, 1 if not."""
+    from peftrepro.ci import run_ci
+
+    if not root.is_dir():
+        _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
+    report = run_ci(
+        root,
+        ref,
+        board,
+        smoke_steps=smoke_steps,
+        verify=not no_verify,
+        echo=lambda s: click.echo(s, err=True),
+    )
+    text = report.markdown()
+    if summary is not None:
+        summary.write_text(text)
+    click.echo(text, nl=False)
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
 @click.argument("task")
 def fetch(task: str) -> None:
     """Put a task's pinned assets into the cache (the only step that may use the network)."""

@@ -39,29 +39,39 @@ class Verification:
     path: Path | None
 
 
-def changed_submissions(root: Path, ref: str) -> list[Path]:
-    """Submission folders under `root` with any file changed since git `ref` (committed, staged,
-    unstaged or untracked), that still have a manifest."""
+def changes_since(root: Path, ref: str) -> dict[Path, str]:
+    """Files under `root` changed since git `ref` (committed, staged, unstaged or untracked), as
+    {path under root: git change letter}: A added, M modified, D deleted, R renamed (both ends)."""
     import git
 
     try:
         repo = git.Repo(root, search_parent_directories=True)
         commit = repo.commit(ref)
-        changed = {p for d in commit.diff(None) for p in (d.a_path, d.b_path) if p}
-        changed.update(repo.untracked_files)
+        changed = {p: (d.change_type or "M")[0] for d in commit.diff(None) for p in (d.a_path, d.b_path) if p}
+        changed.update((p, "A") for p in repo.untracked_files)
     except git.InvalidGitRepositoryError:
         raise UsageError(f"{root}: not inside a git repository; --changed-since needs one") from None
     except (git.BadName, git.GitCommandError, ValueError):
         raise UsageError(f"--changed-since {ref}: no such commit in this repository") from None
     base = Path(repo.working_dir).resolve()
     prefix = root.resolve().relative_to(base).parts if root.resolve() != base else ()
-    folders = set()
-    for p in changed:
+    out = {}
+    for p, kind in changed.items():
         parts = Path(p).parts
-        if parts[: len(prefix)] == prefix and len(parts) > len(prefix) + 3:
-            folder = root.joinpath(*parts[len(prefix) : len(prefix) + 3])
-            if (folder / MANIFEST_FILE).is_file():
-                folders.add(folder)
+        if parts[: len(prefix)] == prefix and len(parts) > len(prefix):
+            out[root.joinpath(*parts[len(prefix) :])] = kind
+    return out
+
+
+def changed_submissions(root: Path, ref: str, changes: dict[Path, str] | None = None) -> list[Path]:
+    """Submission folders under `root` with any file changed since git `ref`, that still have a
+    manifest."""
+    changes = changes_since(root, ref) if changes is None else changes
+    folders = set()
+    for p in changes:
+        parts = p.relative_to(root).parts
+        if len(parts) > 3 and (root.joinpath(*parts[:3]) / MANIFEST_FILE).is_file():
+            folders.add(root.joinpath(*parts[:3]))
     return sorted(folders)
 
 

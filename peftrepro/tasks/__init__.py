@@ -58,6 +58,15 @@ class Task(ABC):
     verification: VerificationPolicy
     # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
     pareto_cost_key: str = "peak_memory_bytes"
+    accelerator: str = "cpu"  # "cpu": runs and is verified anywhere (CI included); "cuda": needs a GPU
+    # The budget every submission of the task shares: `peftrepro ci` refuses a manifest that changes it.
+    fixed_training: tuple[str, ...] = (
+        "max_steps",
+        "batch_size",
+        "batch_size_eval",
+        "eval_steps",
+        "max_seq_length",
+    )
 
     @abstractmethod
     def prepare(self) -> Prepared:

@@ -1,0 +1,128 @@
+"""`peftrepro ci --changed-since REF` (the pull-request check, locally) and the workflow that runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import git
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from peftrepro.cli import main
+from peftrepro.scaffold import PLACEHOLDER, new_submission
+
+REPO = Path(__file__).parent.parent
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def fill_in(path: Path, **changes: object) -> None:
+    doc = json.loads(path.read_text())
+    doc["title"] = "LoRA r=4 on q and v"
+    doc["authors"] = ["A. Contributor"]
+    doc["description"] = "Rank 4 on the attention projections; learning rate from the task default."
+    doc["peft_config"].update({"r": 4, "target_modules": ["q_proj", "v_proj"]})
+    doc.update(changes)
+    path.write_text(json.dumps(doc, indent=2))
+
+
+def summary_rows(text: str) -> dict[str, list[str]]:
+    return {
+        cells[1]: cells[2:-1]
+        for line in text.splitlines()
+        if line.startswith("| arithmetic/")
+        for cells in [[c.strip() for c in line.split("|")]]
+    }
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> git.Repo:
+    """A repository with one submission (`lora/base`, with a synthetic record), its leaderboard,
+    committed."""
+    from peftrepro.manifest import resolve
+    from tests.synthetic import record, run_id, save
+
+    monkeypatch.chdir(tmp_path)
+    base = new_submission(Path("submissions"), "arithmetic", "lora", "base")
+    fill_in(base)
+    save(base.parent, "runs", record(resolve(base), 0, run_id(1, 0)))
+    assert cli("leaderboard")[0] == 0
+    r = git.Repo.init(tmp_path)
+    r.git.add(all=True)
+    r.index.commit("base")
+    return r
+
+
+def test_a_new_submission_passes_once_the_leaderboard_is_regenerated(repo: git.Repo) -> None:
+    path = new_submission(Path("submissions"), "arithmetic", "ia3", "mine")
+    doc = json.loads(path.read_text())
+    doc.update(title="IA3 defaults", authors=["A. Contributor"], description="peft's IA3 defaults, untuned.")
+    path.write_text(json.dumps(doc, indent=2))
+    code, out, err = cli("ci", "--changed-since", "HEAD", "--summary", "summary.md")
+    assert code == 1, out + err  # the task page lists every submission: it must be regenerated
+    assert "Leaderboard: ✗ out of date" in out and Path("summary.md").read_text() == out
+    row = summary_rows(out)["arithmetic/ia3/mine"]
+    assert row[0] == "✓" and row[1].startswith("✓") and row[2].startswith("✓ 2 steps, loss")
+    assert row[3] == "– no records"
+    assert cli("leaderboard")[0] == 0
+    code, out, _ = cli("ci", "--changed-since", "HEAD")
+    assert code == 0, out
+    assert "Result: every check passed." in out
+    assert not list(path.parent.glob("runs/*.json"))  # the smoke run's record went elsewhere
+
+
+def test_records_are_verified_and_rule_breaking_changes_fail(repo: git.Repo) -> None:
+    base = Path("submissions/arithmetic/lora/base")
+    code, out, _ = cli("ci", "--changed-since", "HEAD")
+    assert code == 0 and "No submission changed." in out
+    # Every rule, broken once (each in its own submission), plus an edit of the committed one.
+    dup = new_submission(Path("submissions"), "arithmetic", "lora", "dup")
+    fill_in(dup, training={"optimizer_kwargs": {"lr": 1e-3}})  # base's config at another rate
+    long = new_submission(Path("submissions"), "arithmetic", "rslora", "long")
+    fill_in(long, training={"max_steps": 1000})
+    lazy = new_submission(Path("submissions"), "arithmetic", "loha", "lazy")
+    [record] = base.glob("runs/*.json")
+    record.write_text(record.read_text().replace('"seed": 0', '"seed": 0 '))
+    fill_in(base / "manifest.json", title="LoRA r=4, retitled")
+    assert cli("leaderboard")[0] == 0
+    code, out, _ = cli("ci", "--changed-since", "HEAD", "--no-verify")
+    assert code == 1
+    rows = summary_rows(out)
+    problems = out.split("Problems:")[1]
+    assert rows["arithmetic/lora/dup"][0].startswith("✗") and "the same config as lora/base" in problems
+    assert rows["arithmetic/rslora/long"][0].startswith("✗")
+    assert "= 1000 changes the task's budget" in problems
+    assert rows["arithmetic/loha/lazy"][0].startswith("✗") and f"title still says {PLACEHOLDER!r}" in problems
+    assert rows["arithmetic/lora/base"][0].startswith("✗")
+    assert "edits an existing submission's manifest" in problems and "records are append-only" in problems
+    assert lazy.exists()  # nothing is changed or removed by the check
+
+
+def test_a_claim_is_verified(repo: git.Repo) -> None:
+    """The one slow test here: a run on the task's full budget (tiny model), then its re-run."""
+    path = new_submission(Path("submissions"), "arithmetic", "dora", "claimed")
+    fill_in(path)
+    assert cli("run", str(path.parent))[0] == 0
+    assert cli("leaderboard")[0] == 0
+    code, out, _ = cli("ci", "--changed-since", "HEAD")
+    assert code == 0, out
+    assert summary_rows(out)["arithmetic/dora/claimed"][3] == "✓ seed 0: reproduced"
+    assert list(path.parent.glob("verifications/*.json"))
+
+
+def test_bad_ref_is_one_line_exit_2(repo: git.Repo) -> None:
+    code, out, err = cli("ci", "--changed-since", "no-such-ref")
+    assert code == 2 and "no such commit" in err and "Traceback" not in out + err
+
+
+def test_the_workflow_runs_the_same_command() -> None:
+    workflow = yaml.safe_load((REPO / ".github" / "workflows" / "submission.yml").read_text())
+    steps = [s for job in workflow["jobs"].values() for s in job["steps"]]
+    commands = "\n".join(s.get("run", "") for s in steps)
+    assert "peftrepro ci --changed-since" in commands and "GITHUB_STEP_SUMMARY" in commands
+    assert workflow[True]["pull_request"]["paths"] == ["submissions/**"]  # YAML 1.1 reads `on:` as True
