@@ -73,8 +73,13 @@ def _read(path: Path) -> tuple[dict[str, Any], str]:
     return obj, hashlib.sha256(raw).hexdigest()
 
 
-def _files(folder: Path) -> list[Path]:
-    """JSON files of a records folder, newest first (names start with a UTC timestamp)."""
+def _files(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[Path]:
+    """JSON files of a records folder, newest first (names start with a UTC timestamp). A folder
+    that is a symbolic link is not read (it could point anywhere); it is reported in `ignored`."""
+    if folder.is_symlink():
+        if ignored is not None:
+            ignored.append((folder, "is a symbolic link; records folders must be plain folders"))
+        return []
     if not folder.is_dir():
         return []
     return sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")), reverse=True)
@@ -131,7 +136,7 @@ def _load_sweep(sub: Submission) -> None:
 def _load_records(sub: Submission) -> None:
     m = sub.manifest
     version = get_task(m.task).version if m else None
-    for path in _files(sub.folder / RUNS_DIR):
+    for path in _files(sub.folder / RUNS_DIR, sub.ignored):
         try:
             if not RUN_ID.fullmatch(path.stem):
                 raise JSONReadError("file name is not a run id (YYYYmmddTHHMMSSZ-sSEED-xxxxxx.json)")
@@ -206,7 +211,7 @@ def _load_verifications(sub: Submission) -> None:
     assert sub.manifest is not None
     by_run_id = {r.data["run_id"]: r for r in sub.claims.values()}
     policy = get_task(sub.manifest.task).verification
-    for path in _files(sub.folder / VERIFICATIONS_DIR):
+    for path in _files(sub.folder / VERIFICATIONS_DIR, sub.ignored):
         try:
             data, sha = _read(path)
         except (JSONReadError, OSError) as e:
@@ -245,7 +250,12 @@ def load_tree(root: Path) -> tuple[list[Submission], list[tuple[Path, str]]]:
     submission (records whose manifest is missing)."""
     subs: list[Submission] = []
     orphans: list[tuple[Path, str]] = []
-    for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir() and not p.is_symlink()):
+    inside = root.resolve()
+    for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir() or p.is_symlink()):
+        if folder.is_symlink() or not folder.resolve().is_relative_to(inside):
+            # A linked submission (or task/method folder) could point anywhere: never read.
+            orphans.append((folder, "is or lies under a symbolic link; submissions must be plain folders"))
+            continue
         if (folder / MANIFEST_FILE).is_file():
             subs.append(load_submission(folder))
         else:

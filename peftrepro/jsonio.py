@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import tempfile
@@ -49,6 +50,24 @@ def _reject_constant(name: str) -> Any:
     raise JSONReadError(f"{name} is not valid JSON")
 
 
+MAX_NUMBER_DIGITS = 100  # more is no measurement; Python refuses > 4300 digits with a ValueError
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise JSONReadError(f"a number with {len(text)} digits; at most {MAX_NUMBER_DIGITS} are accepted")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    if len(text) > MAX_NUMBER_DIGITS + 10:
+        raise JSONReadError(f"a number written with {len(text)} characters; at most {MAX_NUMBER_DIGITS + 10}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONReadError(f"number {text[:20]} is out of range (overflows to infinity)")
+    return value
+
+
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -83,7 +102,13 @@ def parse_json(raw: bytes) -> Any:
     if _bracket_depth(text) > MAX_JSON_DEPTH:
         raise JSONReadError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
+        return json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_reject_constant,
+            parse_int=_bounded_int,
+            parse_float=_finite_float,
+        )
     except json.JSONDecodeError as e:
         raise JSONReadError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
 

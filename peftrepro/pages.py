@@ -6,7 +6,9 @@ Rows and formats come from leaderboard.py; this module only lays them out. `rend
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
@@ -16,6 +18,7 @@ from peftrepro.leaderboard import (
     COMMAND,
     STATUSES,
     Row,
+    Stat,
     fmt_bytes,
     fmt_count,
     fmt_seconds,
@@ -24,6 +27,7 @@ from peftrepro.leaderboard import (
     table,
     task_rows,
 )
+from peftrepro.methods import FAMILIES
 from peftrepro.metrics import CHECKS, METRICS, METRICS_BY_KEY
 from peftrepro.sweep import swept_config_sha256
 from peftrepro.tasks import get_task, task_names
@@ -137,6 +141,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
                 for r in stale
             ],
         )
+    lines += _comparison_section(task_name, main, root_rel)
     if history:
         lines += [
             "",
@@ -198,6 +203,76 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
     )
     lines += [f"  - {c.code} {c.label}: {c.meaning}." for c in CHECKS]
     return "\n".join(lines) + "\n"
+
+
+def _norm(method: str) -> str:
+    """A method folder name in a form both spellings share; LoRA variants (dora, rslora, lora-fa)
+    count as lora, as the public comparison files them under lora/."""
+    family = FAMILIES.get(method)
+    return "lora" if family and family.peft_type == "LORA" else method.replace("-", "").replace("_", "")
+
+
+def _comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[str]:
+    """Who leads on each axis (from the rows' means), and the ranking against the task's public
+    reference, when it has one."""
+    t = get_task(task_name)
+    ranked = [r for r in rows if r.status in ("verified", "claimed")]
+    if not ranked:
+        return []
+    lines = [
+        "",
+        "## How the methods compare",
+        "",
+        "The five best verified or claimed rows on each axis (means over seeds, from the table above):",
+        "",
+    ]
+    axes: tuple[tuple[str, str, bool, Callable[[Stat | None], str]], ...] = (
+        (METRICS_BY_KEY[t.score_key].label, t.score_key, True, lambda s: fmt_stat(s, ".3f")),
+        ("peak memory", "peak_memory_bytes", False, fmt_bytes),
+        ("adapter size", "adapter_bytes", False, fmt_bytes),
+        ("forgetting", "forgetting", False, lambda s: fmt_stat(s, "+.3f")),
+    )
+    for label, key, higher, fmt in axes:
+        known = [r for r in ranked if math.isfinite(r.value(key))]
+        known.sort(key=lambda r: (-r.value(key) if higher else r.value(key), r.sub.key))
+        best = ", ".join(f"{_submission_cell(r, root_rel)} {fmt(r.stats.get(key))}" for r in known[:5])
+        lines.append(f"- {label} {'↑' if higher else '↓'}: {best or '–'}")
+    ref = t.public_reference
+    if ref is None:
+        return lines
+    best_of: dict[str, Row] = {}
+    for r in ranked:
+        family, score = r.sub.key[1], r.value(t.score_key)
+        if family in ref.scores and (family not in best_of or score > best_of[family].value(t.score_key)):
+            best_of[family] = r
+    body = []
+    for family, (exp, theirs) in ref.scores.items():
+        mine = best_of.get(family)
+        here = (
+            f"{_submission_cell(mine, root_rel)} {fmt_stat(mine.stats.get(t.score_key), '.3f')}"
+            if mine
+            else "–"
+        )
+        body.append([md(family), f"{theirs:.3f} ({md(exp)})", here])
+    lines += ["", f"Against {ref.title}: {ref.metric}, from `{ref.source}`.", ""]
+    lines += table(["method", "theirs", "here (best row)"], body)
+    shared = [f for f in ref.scores if f in best_of]
+    if len(shared) > 1:
+        theirs_order = sorted(shared, key=lambda f: -ref.scores[f][1])
+        ours_order = sorted(shared, key=lambda f: -best_of[f].value(t.score_key))
+        same = "the same order" if theirs_order == ours_order else "a different order"
+        lines += ["", f"Their order: {' > '.join(theirs_order)}; here: {' > '.join(ours_order)} ({same})."]
+    ours = {_norm(r.sub.key[1]) for r in ranked}
+    theirs_all = {_norm(m) for m in ref.methods}
+    missing = [m for m in ref.methods if _norm(m) not in ours]
+    extra = sorted({r.sub.key[1] for r in ranked if _norm(r.sub.key[1]) not in theirs_all})
+    lines += [
+        "",
+        f"Their methods without a row here ({len(missing)} of {len(ref.methods)}): "
+        f"{md(', '.join(missing), 2000) or '–'}.",
+        f"Rows here whose method they do not run: {md(', '.join(extra), 2000) or '–'}.",
+    ]
+    return lines
 
 
 def _sweep_cell(points: list[dict], chosen: float | None) -> str:

@@ -25,6 +25,17 @@ class Example:
 
 
 @dataclass(frozen=True)
+class PublicReference:
+    """A published comparison a task is read against (its page says how the rankings agree)."""
+
+    title: str
+    source: str  # where the figures come from: repository, folder, commit
+    metric: str
+    scores: dict[str, tuple[str, float]]  # our method family -> (their experiment, their score)
+    methods: tuple[str, ...]  # every method folder of theirs, for coverage
+
+
+@dataclass(frozen=True)
 class Probe:
     """A fixed small batch for the structural checks (`checks.py`): the same inputs on every call."""
 
@@ -58,6 +69,7 @@ class Task(ABC):
     verification: VerificationPolicy
     # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
     pareto_cost_key: str = "peak_memory_bytes"
+    public_reference: PublicReference | None = None
     accelerator: str = "cpu"  # "cpu": runs and is verified anywhere (CI included); "cuda": needs a GPU
     # The budget every submission of the task shares: `peftrepro ci` refuses a manifest that changes it.
     fixed_training: tuple[str, ...] = (
