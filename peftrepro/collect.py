@@ -217,9 +217,16 @@ def _load_verifications(sub: Submission) -> None:
         except (JSONReadError, OSError) as e:
             sub.ignored.append((path, str(e)))
             continue
-        claim = by_run_id.get(_field(data, "claim", "run_id"))
-        if claim is None or claim.run_id in sub.verifications:
-            continue  # verifies an older record, or a newer verification of this one was found
+        claim_id = _field(data, "claim", "run_id")
+        claim = by_run_id.get(claim_id) if isinstance(claim_id, str) else None  # a list is unhashable
+        if claim is None:  # verifies an older record (not shown, so not checked), or is broken
+            if not (isinstance(claim_id, str) and RUN_ID.fullmatch(claim_id)):
+                sub.ignored.append((path, "claim.run_id: expected the run id of a record in runs/"))
+            elif not (sub.folder / RUNS_DIR / f"{claim_id}.json").is_file():
+                sub.ignored.append((path, f"verifies {claim_id}, which is not in runs/"))
+            continue
+        if claim.run_id in sub.verifications:
+            continue  # a newer verification of this claim was found
         problem = _verification_problem(data, path, claim, policy)
         if problem:
             sub.ignored.append((path, problem))

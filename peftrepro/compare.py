@@ -47,7 +47,8 @@ class Judgement:
 
 def accelerator_class(environment: dict[str, Any]) -> str:
     """What memory figures are comparable across: the CPU, or one GPU model."""
-    acc = environment.get("accelerator") or {}
+    acc = environment.get("accelerator")
+    acc = acc if isinstance(acc, dict) else {}
     return "cpu" if acc.get("kind") == "cpu" else f"{acc.get('kind')}:{acc.get('name')}"
 
 

@@ -83,7 +83,7 @@ METRICS: tuple[Metric, ...] = (
     Metric(
         "trainable_params",
         "trainable",
-        "parameters with requires_grad in the PEFT model",
+        "parameters training updates (requires_grad once the optimizer is built)",
         "lower",
         "count",
         "exact",

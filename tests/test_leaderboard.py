@@ -78,6 +78,10 @@ def test_golden_rows_have_the_expected_statuses() -> None:
     stale = text.split("## Stale rows")[1].split("##")[0]
     assert "[hra/old]" in stale and "manifest changed since the run" in stale
     assert "[lokr/v2]" in stale and "record format v2 (this toolkit reads v1)" in stale
+    compare = text.split("## How the methods compare")[1].split("## History")[0]
+    assert compare.count("- ") >= 4 and "- test acc. ↑: [lora/r8]" in compare  # leaders, best first
+    assert "Their order: lora > ia3; here: lora > ia3 (the same order)." in compare
+    assert "Rows here whose method they do not run: hra." in compare
     history = text.split("## History")[1].split("##")[0]
     assert "[lokr/old]" in history and "superseded by lokr/r4" in history
     front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith("| ★")}
