@@ -346,6 +346,11 @@ def step(args: list[str], log: Any) -> int:
     return code
 
 
+def allocator_of(env: dict[str, Any]) -> Any:
+    # Records of 2026-11-22 before 16:50 UTC carry it under `determinism`.
+    return env.get("allocator") or env.get("determinism", {}).get("allocator")
+
+
 def claimed_seeds(sub: Path) -> set[int]:
     """Seeds with a claim measured under today's allocator settings (older claims are re-run: their
     CPU memory figures were taken with glibc's defaults, see measure.ALLOCATOR_ENV)."""
@@ -356,7 +361,7 @@ def claimed_seeds(sub: Path) -> set[int]:
     return {
         seed
         for seed, record in claims.items()
-        if record.data.get("environment", {}).get("determinism", {}).get("allocator") == ALLOCATOR_ENV
+        if allocator_of(record.data.get("environment", {})) == ALLOCATOR_ENV
     }
 
 

@@ -143,9 +143,10 @@ def fingerprint(
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
-            # They change no number a run computes, but they do change CPU memory figures.
-            "allocator": allocator_settings(),
         },
+        # Reported, not in environment_sha256: they change no number a run computes, only the CPU
+        # memory figures (which the verifier compares within a band anyway).
+        "allocator": allocator_settings(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "seeds": {"seed": seed},
         "git": git_state(repo_hint or Path(__file__).resolve().parent),

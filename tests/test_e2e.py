@@ -19,7 +19,7 @@ from peftrepro import schemas
 from peftrepro.cli import main
 from peftrepro.manifest import resolve
 from peftrepro.records import read_record
-from peftrepro.runners.local import run_local
+from peftrepro.runners.local import run_isolated
 from peftrepro.tasks.arithmetic import GGUF_SHA256, WEIGHTS_SHA256, ArithmeticTask
 
 REPO = Path(__file__).parent.parent
@@ -45,7 +45,7 @@ def test_real_arithmetic_run_verify_and_a_doctored_copy(real_task, tmp_path: Pat
     (folder / "manifest.json").write_text(json.dumps(doc))
     manifest = resolve(folder / "manifest.json")
 
-    first = run_local(manifest, seed=0)
+    first = run_isolated(manifest, seed=0)  # as `peftrepro run` does: a fresh process, pinned allocator
     assert first.status == "success", first.record["error"]
     schemas.check(read_record(first.path), schemas.RUN_RECORD, str(first.path))
     m = first.record["metrics"]
