@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_submission, load_tree
+from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_tree
 from peftrepro.errors import PeftreproError
 from peftrepro.leaderboard import md
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
@@ -158,11 +158,15 @@ def run_ci(
             report.rows[label]["policy"] = Outcome(
                 FAIL, "deletes a submission; submissions are superseded (`supersedes`), never removed"
             )
+    read = {s.folder: s for s in others}  # the tree is read once; load_tree never enters a linked folder
     for folder in changed_submissions(root, ref, changes):
-        sub = load_submission(folder)
-        label = "/".join(sub.key)
+        label = "/".join(folder.relative_to(root).parts)
         row = {s: Outcome(SKIP) for s in STEPS}
         report.rows[label] = row
+        sub = read.get(folder)
+        if sub is None:
+            row["policy"] = Outcome(FAIL, "is or lies under a symbolic link: never read")
+            continue
         mine = {p: k for p, k in changes.items() if folder in p.parents}
         problems = policy_problems(sub, mine, others)
         row["policy"] = Outcome(FAIL, "; ".join(problems)) if problems else Outcome(PASS)
