@@ -1,4 +1,5 @@
-"""The method corpus of the `arithmetic` track: one submission per PEFT method, tuned the same way.
+"""The method corpora of the CPU tracks (`arithmetic`, `digits`): one submission per PEFT method,
+tuned the same way.
 
 `write` creates the manifests (never overwriting one that exists: an existing submission is only
 ever superseded). `run` takes each submission through the same pipeline, resumably: a learning-rate
@@ -7,8 +8,8 @@ rates, x3 apart, centred on the method family's usual scale), then seeds 0, 1, 2
 process), then `peftrepro verify` of one seed chosen at random. Each step is skipped when its
 output exists, so an interrupted corpus resumes where it stopped.
 
-    .venv/bin/python benchmarks/corpus.py write
-    .venv/bin/python benchmarks/corpus.py run [--only lora,dora] [--log corpus.log]
+    .venv/bin/python benchmarks/corpus.py write [--task digits]
+    .venv/bin/python benchmarks/corpus.py run [--task digits] [--only lora,dora] [--log corpus.log]
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SUBMISSIONS = ROOT / "submissions" / "arithmetic"
 PEFTREPRO = [sys.executable, "-m", "peftrepro.cli"]
 SEEDS = (0, 1, 2)
 
@@ -47,6 +47,7 @@ class Entry:
     grid: tuple[float, ...]
     why: str  # how the (non-rate) hyperparameters were chosen
     training: dict[str, Any] = field(default_factory=dict)
+    task: str = "arithmetic"
 
 
 ENTRIES = (
@@ -301,22 +302,184 @@ ENTRIES = (
 )
 
 
+# The digits UNet (diffusers UNet2DModel): the new concept reaches the network through its class
+# embedding, which is added to the time embedding and projected into every residual block
+# (time_emb_proj); attention blocks work at 8x8 and 4x4.
+ATTN = ["to_q", "to_k", "to_v", "to_out.0"]
+UNET_LINEAR = [*ATTN, "time_emb_proj"]  # every Linear inside the blocks
+UNET_ALL = [*UNET_LINEAR, "conv1", "conv2"]  # plus the residual blocks' 3x3 convolutions
+IMG_LOW_RANK = (3e-4, 1e-3, 3e-3)
+IMG_FEW = (1e-3, 3e-3, 1e-2)
+IMG_FULL = (1e-5, 3e-5, 1e-4)
+
+
+def digits_entry(method: str, name: str, title: str, config: dict | None, grid: tuple, why: str) -> Entry:
+    return Entry(method, name, title, config, grid, why, task="digits")
+
+
+DIGITS_ENTRIES = (
+    digits_entry(
+        "lora",
+        "r8",
+        "LoRA r=8 on attention, time projections and 3x3 convolutions",
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "target_modules": UNET_ALL},
+        IMG_LOW_RANK,
+        "rank 8 with alpha = r (the DreamBooth-LoRA convention), on every layer LoRA supports in the blocks",
+    ),
+    digits_entry(
+        "dora",
+        "r8",
+        "DoRA r=8 on attention and time projections",
+        {"peft_type": "LORA", "r": 8, "lora_alpha": 8, "use_dora": True, "target_modules": UNET_LINEAR},
+        IMG_LOW_RANK,
+        "the LoRA row's rank and alpha with weight decomposition; linear layers only (peft's DoRA "
+        "on 3x3 convolutions costs a full weight norm per step)",
+    ),
+    digits_entry(
+        "loha",
+        "r8",
+        "LoHa r=8 on attention, time projections and 3x3 convolutions",
+        {"peft_type": "LOHA", "r": 8, "alpha": 8, "target_modules": UNET_ALL},
+        IMG_LOW_RANK,
+        "the LoRA row's rank, alpha and targets",
+    ),
+    digits_entry(
+        "lokr",
+        "r8",
+        "LoKr r=8 on attention, time projections and 3x3 convolutions",
+        {"peft_type": "LOKR", "r": 8, "alpha": 8, "target_modules": UNET_ALL},
+        IMG_LOW_RANK,
+        "the LoRA row's rank, alpha and targets; peft's default Kronecker factorisation",
+    ),
+    digits_entry(
+        "oft",
+        "b16",
+        "OFT, block size 16, attention and time projections",
+        {"peft_type": "OFT", "oft_block_size": 16, "target_modules": UNET_LINEAR},
+        IMG_LOW_RANK,
+        "block size 16 divides every width; linear layers only: peft's OFT on 3x3 convolutions "
+        "changes the output before training (the structural checks refuse it)",
+    ),
+    digits_entry(
+        "boft",
+        "b8",
+        "BOFT, block size 8, two butterfly factors, attention",
+        {"peft_type": "BOFT", "boft_block_size": 8, "boft_n_butterfly_factor": 2, "target_modules": ATTN},
+        IMG_LOW_RANK,
+        "block size 8 with 2 butterfly factors (64 = 8 x 2^3 fits); attention only",
+    ),
+    digits_entry(
+        "hra",
+        "r8",
+        "HRA r=8 on attention and time projections",
+        {"peft_type": "HRA", "r": 8, "target_modules": UNET_LINEAR},
+        IMG_LOW_RANK,
+        "8 Householder reflections, as LoRA's rank",
+    ),
+    digits_entry(
+        "ia3",
+        "default",
+        "IA3 on keys, values, time projections and the second convolutions",
+        {
+            "peft_type": "IA3",
+            "target_modules": ["to_k", "to_v", "time_emb_proj", "conv2"],
+            "feedforward_modules": ["conv2"],
+        },
+        IMG_FEW,
+        "the IA3 paper's placement (keys, values, feed-forward output) read for a UNet, plus the "
+        "time projections that carry the class",
+    ),
+    digits_entry(
+        "vera",
+        "r64",
+        "VeRA r=64 on attention and time projections",
+        {"peft_type": "VERA", "r": 64, "target_modules": UNET_LINEAR},
+        IMG_FEW,
+        "r=64, the layers' width",
+    ),
+    digits_entry(
+        "fourierft",
+        "n256",
+        "FourierFT, 256 frequencies, scaling 150, attention and time projections",
+        {"peft_type": "FOURIERFT", "n_frequency": 256, "scaling": 150.0, "target_modules": UNET_LINEAR},
+        IMG_FEW,
+        "256 spectrum entries per layer (of 4,096 to 8,192); scaling 150, peft's default",
+    ),
+    digits_entry(
+        "c3a",
+        "b16",
+        "C3A, block size 16, attention and time projections",
+        {"peft_type": "C3A", "block_size": 16, "target_modules": UNET_LINEAR},
+        IMG_FEW,
+        "block size 16 divides every width; peft's default (xavier) initialisation",
+    ),
+    digits_entry(
+        "miss",
+        "r16",
+        "MiSS r=16 on attention and time projections",
+        {"peft_type": "MISS", "r": 16, "target_modules": UNET_LINEAR},
+        IMG_LOW_RANK,
+        "r=16 divides every width",
+    ),
+    digits_entry(
+        "shira",
+        "r8",
+        "SHiRA with LoRA-r8's parameter count, random mask, attention and time projections",
+        {
+            "peft_type": "SHIRA",
+            "r": 8,
+            "mask_type": "random",
+            "random_seed": 42,
+            "target_modules": UNET_LINEAR,
+        },
+        IMG_LOW_RANK,
+        "r=8 gives the parameter count of LoRA r=8 on the same layers",
+    ),
+    digits_entry(
+        "road",
+        "g32",
+        "RoAd (variant 1), group size 32, attention and time projections",
+        {"peft_type": "ROAD", "variant": "road_1", "group_size": 32, "target_modules": UNET_LINEAR},
+        IMG_FEW,
+        "group size 32 divides every width; variant 1, the smallest",
+    ),
+    digits_entry(
+        "full-finetuning",
+        "all",
+        "Full fine-tuning: every weight of the UNet trained, no adapter (the baseline)",
+        None,
+        IMG_FULL,
+        "none to choose: every weight is trained and saved",
+    ),
+)
+
+
 def folder(e: Entry) -> Path:
-    return SUBMISSIONS / e.method / e.name
+    return ROOT / "submissions" / e.task / e.method / e.name
+
+
+BUDGETS = {
+    "arithmetic": "120 steps, batch 16, AdamW, no weight decay, cosine",
+    "digits": "150 steps, batch 8, AdamW, no weight decay, cosine",
+}
 
 
 def description(e: Entry) -> str:
     grid = ", ".join(f"{x:g}" for x in e.grid)
     return (
-        f"Hyperparameters: {e.why}. Training: the task defaults (120 steps, batch 16, AdamW, no weight "
-        f"decay, cosine). Learning rate: chosen by `peftrepro sweep` on the validation split over "
-        f"{{{grid}}} (three rates x3 apart around the usual scale of this family of methods; the same "
-        f"budget for every method); the sweep is in sweep.json."
+        f"Hyperparameters: {e.why}. Training: the task defaults ({BUDGETS[e.task]}). Learning rate: "
+        f"chosen by `peftrepro sweep` on the validation split over {{{grid}}} (three rates x3 apart "
+        f"around the usual scale of this family of methods; the same budget for every method); the "
+        f"sweep is in sweep.json."
     )
 
 
-def write() -> None:
-    for e in ENTRIES:
+def entries(task: str) -> tuple[Entry, ...]:
+    return ENTRIES if task == "arithmetic" else DIGITS_ENTRIES
+
+
+def write(task: str) -> None:
+    for e in entries(task):
         path = folder(e) / "manifest.json"
         if path.exists():
             print(f"exists: {path.relative_to(ROOT)}")
@@ -324,7 +487,7 @@ def write() -> None:
         doc = {
             "$schema": "../../../../schemas/manifest.schema.json",
             "schema_version": 1,
-            "task": "arithmetic",
+            "task": e.task,
             "method": e.method,
             "name": e.name,
             "title": e.title,
@@ -372,8 +535,8 @@ def has_verification(sub: Path) -> bool:
     return bool(load_submission(sub).verifications)
 
 
-def run(only: set[str] | None, log: Any) -> None:
-    for e in ENTRIES:
+def run(task: str, only: set[str] | None, log: Any) -> None:
+    for e in entries(task):
         if only and e.method not in only:
             continue
         sub = folder(e)
@@ -394,14 +557,15 @@ def run(only: set[str] | None, log: Any) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["write", "run"])
+    parser.add_argument("--task", choices=["arithmetic", "digits"], default="arithmetic")
     parser.add_argument("--only", help="comma-separated methods")
     parser.add_argument("--log", type=Path, help="append progress here (default: stdout)")
     args = parser.parse_args()
     if args.command == "write":
-        write()
+        write(args.task)
         return
     log = open(args.log, "a") if args.log else sys.stdout  # noqa: SIM115 - lives as long as the run
-    run(set(args.only.split(",")) if args.only else None, log)
+    run(args.task, set(args.only.split(",")) if args.only else None, log)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import resource
 import statistics
 import subprocess
@@ -44,7 +43,6 @@ def measure(variant: str, steps: int, tiny: bool) -> dict[str, float]:
     from peftrepro.tasks import get_task
     from peftrepro.training import (
         OPTIMIZERS,
-        bucketed_batches,
         configure_determinism,
         lr_factor,
         seed_everything,
@@ -75,11 +73,11 @@ def measure(variant: str, steps: int, tiny: bool) -> dict[str, float]:
 
         train(
             model,
-            prepared.train_examples(0),
+            prepared.batches(0, cfg),
+            prepared.loss,
             cfg,
-            seed=0,
-            pad_token_id=prepared.pad_token_id,
             validate=lambda m: 0.0,
+            valid_key=task.valid_key,
             device=device,
             progress=False,
             on_step=on_step,
@@ -88,7 +86,7 @@ def measure(variant: str, steps: int, tiny: bool) -> dict[str, float]:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = OPTIMIZERS[cfg.optimizer_type][0](params, **cfg.optimizer_kwargs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-        batches = bucketed_batches(prepared.train_examples(0), cfg, prepared.pad_token_id, random.Random(0))
+        batches = prepared.batches(0, cfg)  # the task's own batches: same data, same order
         step_times = []
         last = None
         model.train()

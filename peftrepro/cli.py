@@ -441,13 +441,18 @@ def fetch(task: str) -> None:
 
 
 def summary_line(record: dict) -> str:
+    from peftrepro.pages import prior_format
+    from peftrepro.tasks import get_task
+
     m, sub = record["metrics"], record["submission"]
     head = f"{sub['task']}/{sub['method']}/{sub['name']} seed {record['seed']}: {record['status']}"
     if record["status"] != "success":
         return f"{head} after {m.get('steps_completed', 0)} steps ({record['error']['message']})"
+    t = get_task(sub["task"])
+    score, prior = t.score_key, t.prior_key
     return (
-        f"{head}; test_accuracy {m['test_accuracy']:.3f} (base {m['base_test_accuracy']:.3f}), "
-        f"forgetting {m['forgetting']:+.4f}, {m['trainable_params']:,} trainable params, "
+        f"{head}; {score} {m[score]:.3f} (base {m['base_' + score]:.3f}), "
+        f"{prior} {m[prior]:{prior_format(prior, 4)}}, {m['trainable_params']:,} trainable params, "
         f"train {m['train_seconds']:.1f} s of {m['total_seconds']:.1f} s, "
         f"peak memory {m['peak_memory_bytes'] / 2**30:.2f} GiB"
     )

@@ -25,7 +25,7 @@ from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
 from peftrepro.records import RECORD_SCHEMA_VERSION, RUNS_DIR
 from peftrepro.sweep import SWEEP_FILE
-from peftrepro.tasks import get_task
+from peftrepro.tasks import get_task, task_names
 
 VERIFICATIONS_DIR = "verifications"
 RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-s[0-9]{1,10}-[0-9a-f]{6}")
@@ -180,7 +180,19 @@ def _usable(sub: Submission, record: Stored) -> bool:
     except InputError as e:
         sub.ignored.append((record.path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
         return False
+    missing = _missing_task_metrics(record.data, sub.key[0])
+    if missing:
+        sub.ignored.append((record.path, f"/metrics: a {sub.key[0]} record needs {', '.join(missing)}"))
+        return False
     return _bound(sub, record)
+
+
+def _missing_task_metrics(data: dict[str, Any], task_name: str) -> list[str]:
+    """The task's own metrics a success record lacks (the schema knows only the two kinds of task)."""
+    if data["status"] != "success" or task_name not in task_names():
+        return []
+    t = get_task(task_name)
+    return [k for k in (t.score_key, "base_" + t.score_key, t.prior_key) if k not in data["metrics"]]
 
 
 def _bound(sub: Submission, record: Stored) -> bool:

@@ -16,20 +16,23 @@ import torch
 from peftrepro import checks, peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.errors import RunFailed
-from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
+from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file, sha256_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import adapter_files, release_freed_memory
 from peftrepro.paths import cache_root
 from peftrepro.tasks import Prepared, Task, get_task
 from peftrepro.training import TrainResult, configure_determinism, seed_everything, train
 
+SAMPLES_FILE = "samples.png"  # in the adapter folder; the runner copies it next to the record
+
 
 def device_for_run() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, float]:
-    """Test score and general-text CE of the base model, cached by everything that determines them.
+def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, Any]:
+    """Test score and prior snapshot (general-text CE, drift features) of the base model, cached
+    by everything that determines them.
 
     They are a property of (task version, model bytes, data bytes, torch build, thread count) and
     cost ~30 s per run on the CPU track; a cold cache (any fresh machine) re-measures them.
@@ -49,13 +52,13 @@ def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[s
     if path.exists():
         try:
             cached = read_json(path)
-            if isinstance(cached, dict) and set(cached) == {"test_score", "general_ce"}:
-                return {k: float(v) for k, v in cached.items()}
+            if isinstance(cached, dict) and set(cached) == {"test_score", "prior"}:
+                return cached
         except (OSError, ValueError):
             pass  # unreadable cache: measure again and overwrite
     values = {
         "test_score": prepared.evaluate(prepared.model, "test", batch_size),
-        "general_ce": prepared.general_ce(prepared.model, batch_size),
+        "prior": prepared.prior(prepared.model, batch_size),
     }
     replace_file(path, pretty_bytes(values))
     return values
@@ -71,7 +74,7 @@ class Trained:
     result: TrainResult
     trainable: int
     total: int
-    base: dict[str, float]
+    base: dict[str, Any]
     device: torch.device
 
 
@@ -117,11 +120,11 @@ def train_adapter(
     release_freed_memory()
     result = train(
         peft_model,
-        prepared.train_examples(seed),
+        prepared.batches(seed, cfg),
+        prepared.loss,
         cfg,
-        seed=seed,
-        pad_token_id=prepared.pad_token_id,
         validate=lambda m: prepared.evaluate(m, "valid", cfg.batch_size_eval),
+        valid_key=task.valid_key,
         device=device,
         is_adalora=peft_cfg is not None and peft_cfg.peft_type == "ADALORA",
         progress=progress,
@@ -146,8 +149,12 @@ def execute(
     t = train_adapter(manifest, seed=seed, runner=runner, state=state, progress=progress)
     cfg, score_key, result = manifest.training, t.task.score_key, t.result
     test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
-    ce_after = t.prepared.general_ce(t.model, cfg.batch_size_eval)
+    prior = t.prepared.prior_change(t.base["prior"], t.prepared.prior(t.model, cfg.batch_size_eval))
     adapter_bytes, adapter_sha = save_adapter(t.model, adapter_dir)
+    samples = {}
+    if t.prepared.save_samples is not None:  # image tasks: a grid the record names by hash
+        t.prepared.save_samples(t.model, adapter_dir / SAMPLES_FILE)
+        samples["samples_sha256"] = sha256_file(adapter_dir / SAMPLES_FILE)
     # The recorded round trip is the trained adapter's: the very bytes adapter_sha256 names.
     trip = checks.guarded(
         "round_trip",
@@ -163,20 +170,19 @@ def execute(
         score_key: test_score,
         "base_" + score_key: t.base["test_score"],
         "valid_curve": result.valid_curve,
-        "forgetting": ce_after - t.base["general_ce"],
-        "general_ce_before": t.base["general_ce"],
-        "general_ce_after": ce_after,
+        **prior,
         "train_loss_final": result.train_loss_final,
         "trainable_params": t.trainable,
         "total_params": t.total,
         "adapter_bytes": adapter_bytes,
         "adapter_sha256": adapter_sha,
+        **samples,
         "peak_memory_bytes": result.memory.peak_bytes,
         "memory_avg_bytes": result.memory.avg_bytes,
         "memory_p99_bytes": result.memory.p99_bytes,
         "train_seconds": round(result.train_seconds, 3),
         "total_seconds": round(time.perf_counter() - t_start, 3),
-        "tokens_per_second": round(result.tokens / result.train_seconds, 1) if result.train_seconds else 0.0,
+        t.task.throughput_key: round(result.units / result.train_seconds, 1) if result.train_seconds else 0.0,
         "steps_completed": result.steps,
     }
 

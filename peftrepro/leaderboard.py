@@ -59,10 +59,10 @@ class Row:
         return s.mean if s else math.nan
 
 
-SHOWN = ("forgetting", "peak_memory_bytes", "train_seconds", "adapter_bytes", "trainable_params")
+SHOWN = ("peak_memory_bytes", "train_seconds", "adapter_bytes", "trainable_params")
 
 
-def build_row(sub: Submission, score_key: str) -> Row | None:
+def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") -> Row | None:
     """One row per submission, or None when it has nothing to show (never run, or only cancelled)."""
     if sub.claims:
         records = [sub.claims[s] for s in sorted(sub.claims)]
@@ -85,7 +85,7 @@ def build_row(sub: Submission, score_key: str) -> Row | None:
     else:
         return None
     row.checks = checks_cell(row.records)
-    for key in (score_key, "base_" + score_key, *SHOWN):
+    for key in (score_key, "base_" + score_key, prior_key, *SHOWN):
         row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
     if row.status == "stale":
         return row
@@ -161,7 +161,9 @@ ON_FRONT = ("verified", "claimed")  # flagged, disputed, failed and stale rows a
 def task_rows(subs: list[Submission], task: str) -> list[Row]:
     t = get_task(task)
     rows = [
-        r for s in subs if s.key[0] == task and s.manifest is not None and (r := build_row(s, t.score_key))
+        r
+        for s in subs
+        if s.key[0] == task and s.manifest is not None and (r := build_row(s, t.score_key, t.prior_key))
     ]
     by_key = {f"{r.sub.key[1]}/{r.sub.key[2]}": r for r in rows}
     for s in subs:
@@ -185,11 +187,11 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         "stale": 4,
         "superseded": 5,
     }
-    rows.sort(key=lambda r: (order[r.status], -_finite(r.value(t.score_key)), r.sub.key))
+    rows.sort(key=lambda r: (order[r.status], -finite(r.value(t.score_key)), r.sub.key))
     return rows
 
 
-def _finite(x: float) -> float:
+def finite(x: float) -> float:
     return x if math.isfinite(x) else -math.inf
 
 

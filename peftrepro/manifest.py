@@ -292,9 +292,8 @@ def resolve(path: Path) -> ResolvedManifest:
     if peft_config is not None:
         peft_config.setdefault("task_type", task.peft_task_type)
         if peft_config["task_type"] != task.peft_task_type:
-            raise ManifestError(
-                str(path), "/peft_config/task_type", f"task {task.name!r} needs {task.peft_task_type}"
-            )
+            need = task.peft_task_type or "none (its model is not a transformers model; omit task_type)"
+            raise ManifestError(str(path), "/peft_config/task_type", f"task {task.name!r} needs {need}")
         from peftrepro.peftconfig import build
 
         build(peft_config, str(path))  # the installed peft must accept every field

@@ -15,7 +15,10 @@ import torch
 from peftrepro.jsonio import sha256_file
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-MODEL_WEIGHTS = "model.safetensors"  # what full fine-tuning saves
+MODEL_WEIGHTS = (
+    "model.safetensors",
+    "diffusion_pytorch_model.safetensors",
+)  # full fine-tuning: transformers, diffusers
 
 # glibc malloc settings every run's process starts with (read at process start, so they are set
 # for the spawned run process and the container, never changed in a running one). With glibc's
@@ -183,6 +186,7 @@ def adapter_files(folder: Path) -> tuple[int, str]:
     """(bytes, sha256) of the saved adapter weights in `folder` (the whole model's, for full
     fine-tuning)."""
     path = folder / ADAPTER_WEIGHTS
-    if not path.exists() and (folder / MODEL_WEIGHTS).exists():
-        path = folder / MODEL_WEIGHTS
+    for name in MODEL_WEIGHTS:
+        if not path.exists() and (folder / name).exists():
+            path = folder / name
     return path.stat().st_size, sha256_file(path)

@@ -6,24 +6,27 @@ Rows and formats come from leaderboard.py; this module only lays them out. `rend
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from peftrepro.collect import Submission, describe_ignored, load_tree
+from peftrepro.collect import Stored, Submission, describe_ignored, load_tree
 from peftrepro.jsonio import replace_file
 from peftrepro.leaderboard import (
     COMMAND,
     STATUSES,
     Row,
     Stat,
+    finite,
     fmt_bytes,
     fmt_count,
     fmt_seconds,
     fmt_stat,
     md,
+    metrics_of,
     table,
     task_rows,
 )
@@ -68,6 +71,7 @@ def _status_cell(row: Row) -> str:
 def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Path, root_rel: str) -> str:
     t = get_task(task_name)
     score, cost = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.pareto_cost_key]
+    prior = METRICS_BY_KEY[t.prior_key]
     main = [r for r in rows if r.status not in ("stale", "superseded")]
     stale = [r for r in rows if r.status == "stale"]
     history = [r for r in rows if r.status == "superseded"]
@@ -91,7 +95,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
         "status",
         f"{score.label} ↑",
         "seeds",
-        "forgetting ↓",
+        f"{prior.label} ↓",
         "peak mem. ↓",
         "train time ↓",
         "adapter size ↓",
@@ -106,7 +110,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
             _status_cell(r),
             fmt_stat(r.stats.get(t.score_key), ".3f"),
             str(len(r.records)) if r.status != "failed" else "–",
-            fmt_stat(r.stats.get("forgetting"), "+.3f"),
+            fmt_stat(r.stats.get(t.prior_key), prior_format(t.prior_key)),
             fmt_bytes(r.stats.get("peak_memory_bytes")),
             fmt_seconds(r.stats.get("train_seconds")),
             fmt_bytes(r.stats.get("adapter_bytes")),
@@ -142,6 +146,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
             ],
         )
     lines += _comparison_section(task_name, main, root_rel)
+    lines += _samples_section(t.score_key, main, root_rel)
     if history:
         lines += [
             "",
@@ -189,7 +194,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
     lines += ["", "Columns:", ""]
     for key in (
         t.score_key,
-        "forgetting",
+        t.prior_key,
         "peak_memory_bytes",
         "train_seconds",
         "adapter_bytes",
@@ -205,6 +210,58 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
     return "\n".join(lines) + "\n"
 
 
+SAMPLES_SHOWN = 5  # rows whose sample grids the page shows, best score first
+SAMPLES_MAX_BYTES = 1 << 20
+
+
+def samples_file(record: Stored) -> tuple[Path, str | None]:
+    """The sample grid saved next to a record, and why it cannot be shown (None: it can). Only a
+    plain file whose bytes match the sha256 the record carries is shown: never a link."""
+    png = record.path.with_suffix(".png")
+    want = metrics_of(record).get("samples_sha256")
+    if png.is_symlink() or not png.is_file():
+        return png, "grid missing"
+    if png.stat().st_size > SAMPLES_MAX_BYTES:
+        return png, "grid too large"
+    if hashlib.sha256(png.read_bytes()).hexdigest() != want:
+        return png, "grid does not match its record's samples_sha256"
+    return png, None
+
+
+def _samples_section(score_key: str, rows: list[Row], root_rel: str) -> list[str]:
+    """Image tasks: the sample grids of the best rows (lowest claimed seed of each)."""
+    shown = [r for r in rows if r.records and "samples_sha256" in metrics_of(r.records[0])]
+    if not shown:
+        return []
+    shown.sort(key=lambda r: (-finite(r.value(score_key)), r.sub.key))
+    lines = [
+        "",
+        "## Samples",
+        "",
+        f"The {min(len(shown), SAMPLES_SHOWN)} best rows by {METRICS_BY_KEY[score_key].label}: each run's "
+        "grid, saved next to its record and checked against the record's `samples_sha256`. Top: the new "
+        "concept, ten fixed seeds; bottom: one sample of each known class with the adapter on (drift).",
+        "",
+    ]
+    for r in shown[:SAMPLES_SHOWN]:
+        record = r.records[0]
+        png, problem = samples_file(record)
+        head = f"- {_submission_cell(r, root_rel)}, seed {record.data['seed']}"
+        if problem:
+            lines.append(f"{head}: {problem}")
+        else:
+            rel = png.relative_to(r.sub.folder).as_posix()
+            lines.append(
+                f"{head}:<br>![samples of {md('/'.join(r.sub.key[1:]))}]({_link(root_rel, *r.sub.key, rel)})"
+            )
+    return lines
+
+
+def prior_format(key: str, digits: int = 3) -> str:
+    """Signed where the metric can fall below zero (CE differences), plain for fractions."""
+    return f"{'' if METRICS_BY_KEY[key].unit == 'fraction' else '+'}.{digits}f"
+
+
 def _norm(method: str) -> str:
     """A method folder name in a form both spellings share; LoRA variants (dora, rslora, lora-fa)
     count as lora, as the public comparison files them under lora/."""
@@ -216,6 +273,7 @@ def _comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[
     """Who leads on each axis (from the rows' means), and the ranking against the task's public
     reference, when it has one."""
     t = get_task(task_name)
+    prior = METRICS_BY_KEY[t.prior_key]
     ranked = [r for r in rows if r.status in ("verified", "claimed")]
     if not ranked:
         return []
@@ -230,7 +288,7 @@ def _comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[
         (METRICS_BY_KEY[t.score_key].label, t.score_key, True, lambda s: fmt_stat(s, ".3f")),
         ("peak memory", "peak_memory_bytes", False, fmt_bytes),
         ("adapter size", "adapter_bytes", False, fmt_bytes),
-        ("forgetting", "forgetting", False, lambda s: fmt_stat(s, "+.3f")),
+        (prior.label, t.prior_key, False, lambda s: fmt_stat(s, prior_format(t.prior_key))),
     )
     for label, key, higher, fmt in axes:
         known = [r for r in ranked if math.isfinite(r.value(key))]

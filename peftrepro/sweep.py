@@ -87,7 +87,7 @@ def run_sweep(
             }
         else:
             curve = t.result.valid_curve
-            scores = [c["valid_accuracy"] for c in curve]
+            scores = [c[t.task.valid_key] for c in curve]
             point = {
                 "lr": lr,
                 "status": "success",

@@ -1,8 +1,8 @@
 """The one training loop, shared by every task: plain PyTorch, readable top to bottom.
 
-A task supplies the model, an endless stream of examples and an evaluation; this module turns
-them into optimizer steps. Seeds are set in exactly one place (`seed_everything`), called by the
-job right before the adapter is created.
+A task supplies the model, an endless stream of batches, the loss of a batch and an evaluation;
+this module turns them into optimizer steps. Seeds are set in exactly one place
+(`seed_everything`), called by the job right before the adapter is created.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import random
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from peftrepro.manifest import TrainingConfig
 from peftrepro.measure import MemorySampler, MemoryStats, StepTimer
-from peftrepro.tasks import Example
 
 # name -> (class, accepted kwargs). An allowlist: a manifest can never name an arbitrary callable.
 OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], frozenset[str]]] = {
@@ -33,7 +32,6 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], frozenset[str]]] = {
     # `lora-fa`. r and lora_alpha, as the public comparison writes them, must equal the LoRA config's.
     "lora-fa": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "r", "lora_alpha"})),
 }
-BUCKET_BATCHES = 8  # length bucketing sorts this many batches' worth of examples at a time
 
 
 def check_optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
@@ -91,46 +89,17 @@ def lr_factor(cfg: TrainingConfig) -> Callable[[int], float]:
     return factor
 
 
-@dataclass(frozen=True)
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor
-
+class Batch(Protocol):
     @property
-    def tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-
-def collate(examples: list[Example], pad_token_id: int, max_len: int) -> Batch:
-    rows = [(e.input_ids[:max_len], e.labels[:max_len]) for e in examples]
-    width = max(len(ids) for ids, _ in rows)
-    return Batch(
-        input_ids=torch.tensor([ids + [pad_token_id] * (width - len(ids)) for ids, _ in rows]),
-        attention_mask=torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows]),
-        labels=torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in rows]),
-    )
-
-
-def bucketed_batches(
-    examples: Iterator[Example], cfg: TrainingConfig, pad_token_id: int, rng: random.Random
-) -> Iterator[Batch]:
-    """Take BUCKET_BATCHES batches' worth of examples, sort by length, cut, shuffle the batches:
-    little padding, no length-ordered curriculum."""
-    while True:
-        pool = [next(examples) for _ in range(cfg.batch_size * BUCKET_BATCHES)]
-        pool.sort(key=lambda e: len(e.input_ids))
-        chunks = [pool[i : i + cfg.batch_size] for i in range(0, len(pool), cfg.batch_size)]
-        rng.shuffle(chunks)
-        for chunk in chunks:
-            yield collate(chunk, pad_token_id, cfg.max_seq_length)
+    def units(self) -> int:
+        """What the task's throughput counts: tokens (padding excluded), images."""
 
 
 @dataclass
 class TrainResult:
     steps: int
     train_seconds: float
-    tokens: int
+    units: int  # tokens, images: see Batch.units
     train_loss_final: float
     valid_curve: list[dict[str, float]] = field(default_factory=list)
     memory: MemoryStats | None = None
@@ -138,12 +107,12 @@ class TrainResult:
 
 def train(
     model: torch.nn.Module,
-    examples: Iterator[Example],
+    batches: Iterator[Batch],
+    loss_of: Callable[[torch.nn.Module, Any], torch.Tensor],
     cfg: TrainingConfig,
     *,
-    seed: int,
-    pad_token_id: int,
     validate: Callable[[torch.nn.Module], float],
+    valid_key: str,
     device: torch.device,
     is_adalora: bool = False,
     progress: bool | None = None,
@@ -153,23 +122,18 @@ def train(
     optimizer = make_optimizer(model, cfg)
     params = [p for group in optimizer.param_groups for p in group["params"]]
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg))
-    batches = bucketed_batches(examples, cfg, pad_token_id, random.Random(seed))
     timer, sampler = StepTimer(), MemorySampler(device)
     losses: list[float] = []
     curve: list[dict[str, float]] = []
-    tokens = 0
+    units = 0
     bar = _progress_bar(cfg.max_steps, progress)
     model.train()
     with sampler:
         for step in range(1, cfg.max_steps + 1):
             batch = next(batches)
             with timer:
-                out = model(
-                    input_ids=batch.input_ids.to(device),
-                    attention_mask=batch.attention_mask.to(device),
-                    labels=batch.labels.to(device),
-                )
-                out.loss.backward()
+                loss_t = loss_of(model, batch)
+                loss_t.backward()
                 if cfg.grad_norm_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_norm_clip)
                 optimizer.step()
@@ -179,24 +143,24 @@ def train(
                     model.base_model.update_and_allocate(step)  # type: ignore[operator,union-attr]
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                loss = out.loss.item()
+                loss = loss_t.item()
             sampler.step()
             if on_step is not None:
                 on_step(step)
             losses.append(loss)
-            tokens += batch.tokens
+            units += batch.units
             if step % cfg.eval_steps == 0 or step == cfg.max_steps:
-                curve.append({"step": step, "valid_accuracy": validate(model)})
+                curve.append({"step": step, valid_key: validate(model)})
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", valid=curve[-1]["valid_accuracy"] if curve else "-")
+                bar.set_postfix(loss=f"{loss:.3f}", valid=curve[-1][valid_key] if curve else "-")
     if bar is not None:
         bar.close()
     window = losses[-min(len(losses), cfg.eval_steps) :]
     return TrainResult(
         steps=cfg.max_steps,
         train_seconds=timer.seconds,
-        tokens=tokens,
+        units=units,
         train_loss_final=sum(window) / len(window),
         valid_curve=curve,
         memory=sampler.stats(),

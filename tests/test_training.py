@@ -8,8 +8,8 @@ import pytest
 
 from peftrepro.manifest import TrainingConfig
 from peftrepro.measure import percentile
-from peftrepro.tasks import Example
-from peftrepro.training import bucketed_batches, check_optimizer_kwargs, collate, lr_factor
+from peftrepro.tasks.text import Example, bucketed_batches, collate
+from peftrepro.training import check_optimizer_kwargs, lr_factor
 
 
 def config(**overrides) -> TrainingConfig:
@@ -46,7 +46,7 @@ def test_collate_pads_right_masks_and_truncates() -> None:
     assert batch.input_ids.tolist() == [[1, 2, 3, 0, 0, 0], [4, 5, 6, 7, 8, 9]]
     assert batch.attention_mask.tolist() == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]]
     assert batch.labels.tolist() == [[-100, 2, 3, -100, -100, -100], [-100] * 6]
-    assert batch.tokens == 9
+    assert batch.units == 9
 
 
 def test_bucketing_groups_similar_lengths_and_is_seeded() -> None:
@@ -57,7 +57,7 @@ def test_bucketing_groups_similar_lengths_and_is_seeded() -> None:
             yield Example([1] * n, [1] * n)
 
     def first(seed):
-        batches = bucketed_batches(stream(), config(max_seq_length=64), 0, random.Random(seed))
+        batches = bucketed_batches(stream(), 2, 64, 0, random.Random(seed))
         return [b.input_ids.tolist() for b in itertools.islice(batches, 8)]
 
     assert first(0) == first(0)

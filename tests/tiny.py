@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from peftrepro.tasks import Prepared, register
+from peftrepro.tasks import Prepared, digits, register
 from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource, all_problems, general_texts
 
 
@@ -59,6 +59,33 @@ def register_tiny(folder: Path) -> None:
     build_tiny_model(folder)
     # A partial, not a lambda: runs in child processes (runners.local.run_isolated) unpickle it.
     register("arithmetic", functools.partial(ArithmeticTask, LocalDirSource(folder, GGUFSource.model_id)))
+
+
+# The digits task's recipe, shrunk to build in seconds: two resolutions, a few dozen steps.
+TINY_DIGITS_BASE = {
+    **digits.BASE_RECIPE,
+    "unet": {
+        **digits.BASE_RECIPE["unet"],
+        "block_out_channels": [32, 32],
+        "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+    },
+    "steps": 40,
+    "warmup_steps": 5,
+}
+TINY_DIGITS_EVALUATOR = {**digits.EVALUATOR_RECIPE, "epochs": 2}
+
+
+def build_tiny_digits(folder: Path) -> Path:
+    if not (folder / "build.json").exists():
+        digits.build(folder, base=TINY_DIGITS_BASE, evaluator_recipe=TINY_DIGITS_EVALUATOR)
+    return folder
+
+
+def register_tiny_digits(folder: Path) -> None:
+    """Make `digits` load the tiny stand-in (same code path; only the recipe is smaller)."""
+    build_tiny_digits(folder)
+    register("digits", functools.partial(digits.DigitsTask, folder))
 
 
 class ExplodingTask(ArithmeticTask):

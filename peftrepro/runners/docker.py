@@ -36,7 +36,7 @@ from peftrepro.records import (
     read_record,
     utc_now,
 )
-from peftrepro.runners.local import Cancellation, RunOutcome, trapped_signals, write_outcome
+from peftrepro.runners.local import Cancellation, RunOutcome, place_samples, trapped_signals, write_outcome
 
 DEFAULT_IMAGE = "peftrepro:local"
 STOP_TIMEOUT_S = 60  # time the job gets to write its `cancelled` record before it is killed
@@ -274,6 +274,9 @@ def _collect(
                 str(written[0]), "/submission", "the container's record is for another manifest or seed"
             )
         path = runs_dir / written[0].name
+        sha = record["metrics"].get("samples_sha256")
+        if record["status"] == "success" and sha is not None:  # image tasks: the grid beside it
+            place_samples(written[0].with_suffix(".png"), path.with_suffix(".png"), sha)
         write_new_file(path, pretty_bytes(record))
         return RunOutcome(record["status"], record, path)
     message = error or f"the container wrote {len(written)} records, expected 1"

