@@ -219,7 +219,9 @@ def samples_file(record: Stored) -> tuple[Path, str | None]:
     plain file whose bytes match the sha256 the record carries is shown: never a link."""
     png = record.path.with_suffix(".png")
     want = metrics_of(record).get("samples_sha256")
-    if png.is_symlink() or not png.is_file():
+    if png.is_symlink():
+        return png, "grid is a symbolic link; not shown"
+    if not png.is_file():
         return png, "grid missing"
     if png.stat().st_size > SAMPLES_MAX_BYTES:
         return png, "grid too large"

@@ -114,13 +114,21 @@ def test_a_digits_run_records_score_drift_and_a_grid_and_verifies(
     board = runner.invoke(main, ["leaderboard", "--submissions", str(path.parents[3]), "--out", str(out)])
     assert board.exit_code == 0, board.output
     page = (out / "digits.md").read_text()
-    assert "## Samples" in page and record_file.with_suffix(".png").name in page
+    assert "## Samples" in page and f"{png.name})" in page
     assert "drift ↓" in page and "concept score ↑" in page
 
-    png.write_bytes(png.read_bytes() + b"tampered")  # a grid that is not the record's is never shown
+    original = png.read_bytes()
+    png.write_bytes(original + b"tampered")  # a grid that is not the record's is never shown
     runner.invoke(main, ["leaderboard", "--submissions", str(path.parents[3]), "--out", str(out)])
     page = (out / "digits.md").read_text()
-    assert "grid does not match its record's samples_sha256" in page and f"]({png.name})" not in page
+    assert "grid does not match its record's samples_sha256" in page and f"{png.name})" not in page
+
+    elsewhere = tmp_path / "elsewhere.png"  # the right bytes, but through a link: never followed
+    elsewhere.write_bytes(original)
+    png.unlink()
+    png.symlink_to(elsewhere)
+    runner.invoke(main, ["leaderboard", "--submissions", str(path.parents[3]), "--out", str(out)])
+    assert "grid is a symbolic link; not shown" in (out / "digits.md").read_text()
 
 
 def test_full_finetuning_of_the_unet_saves_and_reloads_the_whole_model(digits_task, write_manifest) -> None:
