@@ -15,6 +15,7 @@ unchanged, 1 means orthogonal (features are post-ReLU, so the cosine lies in [0,
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -143,8 +144,14 @@ def new_unet(cfg: dict[str, Any]) -> Any:
     return _diffusers().UNet2DModel(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
 
 
+@functools.cache
+def _ddpm() -> Any:
+    """One noise schedule per process: building it costs a 1000-step table, not worth a step's time."""
+    return _diffusers().DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS)
+
+
 def add_noise(images: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return _diffusers().DDPMScheduler(num_train_timesteps=TRAIN_TIMESTEPS).add_noise(images, noise, t)
+    return _ddpm().add_noise(images, noise, t)
 
 
 def diffusion_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
