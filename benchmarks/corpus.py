@@ -3,8 +3,9 @@ tuned the same way.
 
 `write` creates the manifests (never overwriting one that exists: an existing submission is only
 ever superseded). `run` takes each submission through the same pipeline, resumably: a learning-rate
-sweep on the validation split (`peftrepro sweep --apply`, same budget for every method: three
-rates, x3 apart, centred on the method family's usual scale), then seeds 0, 1, 2 (each in its own
+sweep on the validation split (`peftrepro sweep --apply`, the same rule for every method: three
+rates on the 1-3-10 ladder, centred on the method family's usual scale, widened by up to two more
+rates while the best is at an edge), then seeds 0, 1, 2 (each in its own
 process), then `peftrepro verify` of one seed chosen at random. Each step is skipped when its
 output exists, so an interrupted corpus resumes where it stopped.
 
@@ -26,6 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PEFTREPRO = [sys.executable, "-m", "peftrepro.cli"]
 SEEDS = (0, 1, 2)
+EXTEND = 2  # a best rate at an edge of the grid gets up to two more rates past it (peftrepro sweep)
 
 # Grids: three rates, x3 apart, centred on where each family of methods usually trains well.
 LOW_RANK = (1e-3, 3e-3, 1e-2)  # LoRA and relatives: many parameters per layer
@@ -470,9 +472,10 @@ def description(e: Entry) -> str:
     grid = ", ".join(f"{x:g}" for x in e.grid)
     return (
         f"Hyperparameters: {e.why}. Training: the task defaults ({BUDGETS[e.task]}). Learning rate: "
-        f"chosen by `peftrepro sweep` on the validation split over {{{grid}}} (three rates x3 apart "
-        f"around the usual scale of this family of methods; the same budget for every method); the "
-        f"sweep is in sweep.json."
+        f"chosen by `peftrepro sweep` on the validation split over {{{grid}}} (three rates on the "
+        f"1-3-10 ladder around the usual scale of this family of methods, widened by up to {EXTEND} "
+        f"more rates while the best is at an edge; the same rule for every method); the sweep is in "
+        f"sweep.json."
     )
 
 
@@ -537,15 +540,59 @@ def has_verification(sub: Path) -> bool:
     return bool(load_submission(sub).verifications)
 
 
+def sweep_extend(sub: Path) -> int:
+    """How far the submission's sweep.json was allowed to widen (sweeps before `--extend`: 0)."""
+    path = sub / "sweep.json"
+    return json.loads(path.read_text()).get("extend", 0) if path.exists() else -1
+
+
+def current(sub: Path) -> Path:
+    """The submission that replaces `sub` (a manifest whose `supersedes` names it), followed to the end."""
+    method = sub.parent
+    for other in sorted(method.glob("*/manifest.json")):
+        if json.loads(other.read_text()).get("supersedes") == f"{method.name}/{sub.name}":
+            return current(other.parent)
+    return sub
+
+
+def supersede(sub: Path, lr: float, log: Any) -> Path:
+    """A widened sweep moved the rate of a submission that already has claims. A submission is never
+    edited in place, so a new one with the chosen rate replaces it, carrying the sweep's points."""
+    raw = json.loads((sub / "manifest.json").read_text())
+    name = f"{sub.name}-lr{lr:g}"
+    raw.update(
+        name=name,
+        supersedes=f"{sub.parent.name}/{sub.name}",
+        description=raw["description"]
+        + f" Replaces {sub.name}, whose three-rate sweep chose the top or bottom rate; the widened "
+        f"sweep (`--extend {EXTEND}`) chose {lr:g}.",
+    )
+    raw["training"]["optimizer_kwargs"]["lr"] = lr
+    new = sub.parent / name
+    new.mkdir()
+    (new / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    (new / "sweep.json").write_bytes((sub / "sweep.json").read_bytes())
+    print(f"superseded: {sub.relative_to(ROOT)} -> {new.relative_to(ROOT)}", file=log, flush=True)
+    return new
+
+
 def run(task: str, only: set[str] | None, log: Any) -> None:
     for e in entries(task):
         if only and e.method not in only:
             continue
-        sub = folder(e)
+        sub = current(folder(e))
         rel = str(sub.relative_to(ROOT))
-        if not (sub / "sweep.json").exists():
+        if sweep_extend(sub) < EXTEND:
             grid = ",".join(f"{x:g}" for x in e.grid)
-            if step(["sweep", rel, "--lrs", grid, "--apply"], log) != 0:
+            if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND)], log) != 0:
+                continue
+            chosen = json.loads((sub / "sweep.json").read_text())["chosen_lr"]
+            lr = json.loads((sub / "manifest.json").read_text())["training"]["optimizer_kwargs"]["lr"]
+            if chosen != lr and claimed_seeds(sub):
+                sub = supersede(sub, chosen, log)
+                rel = str(sub.relative_to(ROOT))
+            # rewrites the record under this submission's name (every point reused) and sets the rate
+            if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND), "--apply"], log) != 0:
                 continue
         missing = sorted(set(SEEDS) - claimed_seeds(sub))
         for seed in missing:  # one process per seed: RSS figures carry nothing of another run

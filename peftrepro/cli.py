@@ -197,21 +197,31 @@ def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[fl
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--lrs", required=True, callback=parse_lrs, help="The grid, e.g. 1e-3,3e-3,1e-2.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option(
+    "--extend",
+    type=click.IntRange(0, 8),
+    default=2,
+    show_default=True,
+    help="While the best rate is at an edge, train one more a grid step beyond it, up to N times.",
+)
 @click.option("--apply", is_flag=True, help="Also set the manifest's learning rate to the chosen one.")
-def sweep(path: Path, lrs: list[float], seed: int, apply: bool) -> None:
+def sweep(path: Path, lrs: list[float], seed: int, extend: int, apply: bool) -> None:
     """Learning-rate sweep of one submission on the validation split (never the test split).
 
     Trains once per rate with the submission's settings and one seed, writes PATH/sweep.json and
-    prints the table; --apply writes the chosen rate into the manifest. Ctrl-C writes nothing.
+    prints the table; --apply writes the chosen rate into the manifest. Rates already measured in
+    PATH/sweep.json for the same config and seed are reused, not re-trained. Ctrl-C writes nothing.
     """
     from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.sweep import apply_lr, run_sweep, write_sweep
+    from peftrepro.sweep import apply_lr, load_previous, run_sweep, write_sweep
 
     found = find_manifests([path])
     if len(found) != 1:
         _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
     manifest = resolve(found[0])
     label = f"{manifest.task}/{manifest.method}/{manifest.name}"
+
+    previous = load_previous(manifest.folder)
 
     def show(point: dict[str, Any]) -> None:
         if point["status"] == "success":
@@ -223,13 +233,16 @@ def sweep(path: Path, lrs: list[float], seed: int, apply: bool) -> None:
             click.echo(f"{label} lr {point['lr']:g}: failed ({point['error']})")
 
     try:
-        record = run_sweep(manifest, lrs, seed=seed, on_point=show)
+        record = run_sweep(manifest, lrs, seed=seed, extend=extend, previous=previous, on_point=show)
     except KeyboardInterrupt:
         _fail("interrupted: no sweep written", EXIT_CANCELLED)
     out = write_sweep(manifest.folder, record)
     if record["chosen_lr"] is None:
         _fail(f"{label}: every rate failed; see {out}", EXIT_RUN_FAILED)
-    edge = " (at the edge of the grid: widen it)" if record["at_grid_edge"] else ""
+    edge = " (still at the edge of the rates tried: widen the grid)" if record["at_grid_edge"] else ""
+    if record["reused_lrs"]:
+        reused = ", ".join(f"{x:g}" for x in record["reused_lrs"])
+        click.echo(f"{label}: reused from the previous sweep.json: lr {reused}")
     click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
     if apply and apply_lr(manifest, record["chosen_lr"]):
         click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")

@@ -5,12 +5,17 @@ of the grid. The chosen rate has the highest final validation score (ties: the h
 the validation curve, then the smaller rate). The test split is never evaluated here, so a sweep
 cannot tune on the numbers the leaderboard ranks by. The result goes to `<submission>/sweep.json`,
 bound to the manifest by the sha256 of its resolved config without the learning rate.
+
+A best rate at the edge of the grid is a truncated optimum, so by default the sweep trains one more
+rate a grid step past that edge, up to twice (`--extend`); points already in sweep.json for the
+same config and seed are reused, since a run is bit-exact on the CPU tracks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -51,22 +56,80 @@ def choose(points: list[dict[str, Any]]) -> float | None:
     return float(best["lr"])
 
 
+def _on_ladder(lr: float) -> int | None:
+    """lr as 10^e or 3*10^e (the 1-3-10 ladder people write rate grids on): 2e or 2e+1, else None."""
+    e = math.floor(math.log10(lr) + 1e-9)
+    for mantissa, rung in ((1.0, 2 * e), (3.0, 2 * e + 1), (10.0, 2 * e + 2)):
+        if math.isclose(lr, mantissa * 10.0**e, rel_tol=1e-6):
+            return rung
+    return None
+
+
+def next_rate(points: list[dict[str, Any]], grid: list[float]) -> float | None:
+    """One grid step past the edge the chosen rate sits on, or None when the choice is inside.
+
+    A grid on the 1-3-10 ladder (1e-3,3e-3,1e-2) goes on along it (3e-2, 1e-1; 3e-4, 1e-4); any
+    other grid steps by its own spacing at that edge. Rates keep three significant digits.
+    """
+    chosen = choose(points)
+    tried = sorted(p["lr"] for p in points)
+    if chosen is None or len(tried) < 2 or len(grid) < 2:
+        return None
+    if chosen not in (tried[0], tried[-1]):
+        return None
+    up = chosen == tried[-1]
+    rungs = [_on_ladder(x) for x in grid]
+    rung = _on_ladder(chosen)
+    if rung is not None and None not in rungs:
+        nxt = rung + (1 if up else -1)
+        lr = (1.0 if nxt % 2 == 0 else 3.0) * 10.0 ** (nxt // 2)
+    else:
+        lr = chosen * (grid[-1] / grid[-2] if up else grid[0] / grid[1])
+    lr = float(f"{lr:.3g}")
+    return lr if 0 < lr <= 10 and lr not in tried else None
+
+
+def reusable_points(previous: dict[str, Any] | None, config_sha256: str, seed: int) -> dict[float, dict]:
+    """The points of an earlier sweep of the same config (rate aside) and seed: a run is bit-exact
+    on this track, so a rate measured once need not be trained again when the grid is widened."""
+    if not previous or previous.get("swept_config_sha256") != config_sha256 or previous.get("seed") != seed:
+        return {}
+    return {float(p["lr"]): p for p in previous.get("points", [])}
+
+
 def run_sweep(
     manifest: ResolvedManifest,
     lrs: list[float],
     *,
     seed: int,
+    extend: int = 0,
+    previous: dict[str, Any] | None = None,
     progress: bool | None = None,
     on_point: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Train once per learning rate (validation only); return the sweep record (not written)."""
+    """Train once per learning rate (validation only); return the sweep record (not written).
+
+    With `extend` > 0, while the best rate is at an edge of the rates tried, one more rate a grid
+    step beyond it is trained, up to `extend` times: the same stated rule for every method, so a
+    family whose best rate lies outside its usual range is not judged at a truncated optimum.
+    Points of `previous` (an earlier sweep.json of this config and seed) are reused, not re-run.
+    """
     from peftrepro.job import train_adapter
     from peftrepro.tasks import get_task
 
     started = utc_now()
+    config = manifest.resolved_config()
+    config_sha = swept_config_sha256(config)
+    reuse = reusable_points(previous, config_sha, seed)
     points: list[dict[str, Any]] = []
+    reused: list[float] = []
     environment: dict[str, Any] = {}
-    for lr in lrs:
+
+    def measure(lr: float) -> dict[str, Any]:
+        nonlocal environment
+        if lr in reuse:
+            reused.append(lr)
+            return reuse[lr]
         state: dict[str, Any] = {"environment": {}, "steps_completed": 0}
         try:
             t = train_adapter(
@@ -101,11 +164,26 @@ def run_sweep(
         environment = environment or {
             k: state["environment"].get(k) for k in ("environment_sha256", "torch", "git", "cpu_capability")
         }
+        return point
+
+    def add(lr: float) -> None:
+        point = measure(lr)
         points.append(point)
         if on_point is not None:
             on_point(point)
+
+    grid = sorted(lrs)
+    for lr in grid:
+        add(lr)
+    for _ in range(extend):
+        past = next_rate(points, grid)
+        if past is None:
+            break
+        add(past)
     chosen = choose(points)
-    config = manifest.resolved_config()
+    tried = [p["lr"] for p in points]
+    if not environment and previous:  # every point reused: the environment they were measured in
+        environment = previous.get("environment", {})
     return {
         "schema_version": SWEEP_SCHEMA_VERSION,
         "toolkit": {"name": "peftrepro", "version": __version__},
@@ -115,17 +193,30 @@ def run_sweep(
             "method": manifest.method,
             "name": manifest.name,
         },
-        "swept_config_sha256": swept_config_sha256(config),
+        "swept_config_sha256": config_sha,
         "seed": seed,
-        "grid": sorted(lrs),
+        "grid": grid,
+        "extend": extend,
         "selection": SELECTION,
         "points": sorted(points, key=lambda p: p["lr"]),
+        "reused_lrs": sorted(reused),
         "chosen_lr": chosen,
-        "at_grid_edge": chosen is not None and chosen in (min(lrs), max(lrs)),
+        "at_grid_edge": chosen is not None and chosen in (min(tried), max(tried)),
         "environment": environment,
         "started_at": timestamp(started),
         "finished_at": timestamp(utc_now()),
     }
+
+
+def load_previous(folder: Path) -> dict[str, Any] | None:
+    """The submission's sweep.json if it is readable and schema-valid; anything else is not reused."""
+    path = folder / SWEEP_FILE
+    try:
+        record = json.loads(path.read_text())
+        schemas.check(record, schemas.SWEEP, str(path), RecordError)
+    except (OSError, ValueError, RecordError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_sweep(folder: Path, record: dict[str, Any]) -> Path:

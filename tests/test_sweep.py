@@ -28,7 +28,7 @@ def test_sweep_never_evaluates_the_test_split_and_applies_the_choice(write_manif
         )
 
     monkeypatch.setattr(task, "prepare", spying_prepare)
-    result = CliRunner().invoke(main, ["sweep", str(path), "--lrs", "1e-3,3e-2", "--apply"])
+    result = CliRunner().invoke(main, ["sweep", str(path), "--lrs", "1e-3,3e-2", "--extend", "0", "--apply"])
     assert result.exit_code == 0, result.output
     assert splits and set(splits) == {"valid"}
     record = json.loads((path.parent / SWEEP_FILE).read_text())
@@ -70,3 +70,52 @@ def test_apply_leaves_a_manifest_that_already_uses_the_rate_untouched(write_mani
     assert path.read_bytes() == before
     assert apply_lr(manifest, 0.0123) is True
     assert resolve(path).training.optimizer_kwargs["lr"] == 0.0123
+
+
+def test_next_rate_steps_past_the_edge_the_choice_sits_on() -> None:
+    from peftrepro.sweep import next_rate
+
+    def p(lr: float, final: float) -> dict:
+        return {"lr": lr, "status": "success", "valid_final": final, "valid_mean": final}
+
+    grid = [1e-3, 3e-3, 1e-2]
+    assert next_rate([p(1e-3, 0.1), p(3e-3, 0.2), p(1e-2, 0.3)], grid) == 0.03  # not 0.030000000000000002
+    assert next_rate([p(1e-3, 0.3), p(3e-3, 0.2), p(1e-2, 0.1)], grid) == 3e-4
+    assert next_rate([p(1e-3, 0.1), p(3e-3, 0.3), p(1e-2, 0.1)], grid) is None  # inside: done
+    # after one extension the edges are those of the rates tried, not of the grid
+    assert next_rate([p(1e-3, 0.1), p(3e-3, 0.2), p(1e-2, 0.3), p(0.03, 0.4)], grid) == 0.1
+    assert next_rate([p(3e-4, 0.4), p(1e-3, 0.1), p(3e-3, 0.2), p(1e-2, 0.3)], grid) == 1e-4
+    assert next_rate([p(2e-3, 0.1), p(4e-3, 0.3)], [2e-3, 4e-3]) == 8e-3  # off the ladder: its own x2
+    assert next_rate([p(1e-3, 0.1), p(3e-3, 0.2), p(1e-2, 0.4), p(0.03, 0.3)], grid) is None
+    assert next_rate([{"lr": 1e-3, "status": "failed", "error": "nan"}], grid) is None
+    assert next_rate([p(3.0, 0.1), p(10.0, 0.2)], [3.0, 10.0]) is None  # 30 is past the schema's limit
+
+
+def test_extend_widens_an_edge_choice_and_reuses_the_points_already_measured(
+    write_manifest, monkeypatch
+) -> None:
+    import peftrepro.job
+
+    path = write_manifest()
+    first = CliRunner().invoke(main, ["sweep", str(path), "--lrs", "1e-3,3e-2", "--extend", "0"])
+    assert first.exit_code == 0, first.output
+    before = json.loads((path.parent / SWEEP_FILE).read_text())
+    assert before["extend"] == 0 and before["reused_lrs"] == [] and before["at_grid_edge"] is True
+
+    trained: list[float] = []
+    real_train = peftrepro.job.train_adapter
+    monkeypatch.setattr(
+        peftrepro.job,
+        "train_adapter",
+        lambda m, **kw: trained.append(m.training.optimizer_kwargs["lr"]) or real_train(m, **kw),
+    )
+    second = CliRunner().invoke(main, ["sweep", str(path), "--lrs", "1e-3,3e-2", "--extend", "1"])
+    assert second.exit_code == 0, second.output
+    after = json.loads((path.parent / SWEEP_FILE).read_text())
+    schemas.check(after, schemas.SWEEP, SWEEP_FILE)
+    past = 0.1 if before["chosen_lr"] == 3e-2 else 3e-4  # the next rung of the 1-3-10 ladder
+    assert trained == [past], second.output
+    assert after["reused_lrs"] == [1e-3, 3e-2] and "reused from the previous sweep.json" in second.output
+    assert [p["lr"] for p in after["points"]] == sorted([1e-3, 3e-2, past])
+    assert after["points"][:2] == before["points"][:2] or after["points"][1:] == before["points"][:2]
+    assert after["chosen_lr"] == choose(after["points"])
