@@ -584,16 +584,18 @@ def run(task: str, only: set[str] | None, log: Any) -> None:
         rel = str(sub.relative_to(ROOT))
         if sweep_extend(sub) < EXTEND:
             grid = ",".join(f"{x:g}" for x in e.grid)
-            if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND)], log) != 0:
+            claimed = bool(claimed_seeds(sub))  # then the manifest is never edited: see supersede()
+            sweep = ["sweep", rel, "--lrs", grid, "--extend", str(EXTEND)]
+            if step(sweep if claimed else [*sweep, "--apply"], log) != 0:
                 continue
             chosen = json.loads((sub / "sweep.json").read_text())["chosen_lr"]
             lr = json.loads((sub / "manifest.json").read_text())["training"]["optimizer_kwargs"]["lr"]
-            if chosen != lr and claimed_seeds(sub):
+            if chosen != lr:
                 sub = supersede(sub, chosen, log)
                 rel = str(sub.relative_to(ROOT))
-            # rewrites the record under this submission's name (every point reused) and sets the rate
-            if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND), "--apply"], log) != 0:
-                continue
+                # every point reused: the sweep record under the new name, and its rate applied
+                if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND), "--apply"], log) != 0:
+                    continue
         missing = sorted(set(SEEDS) - claimed_seeds(sub))
         for seed in missing:  # one process per seed: RSS figures carry nothing of another run
             if step(["run", rel, "--seed", str(seed)], log) == 130:
