@@ -4,7 +4,7 @@ tuned the same way.
 `write` creates the manifests (never overwriting one that exists: an existing submission is only
 ever superseded). `run` takes each submission through the same pipeline, resumably: a learning-rate
 sweep on the validation split (`peftrepro sweep --apply`, the same rule for every method: three
-rates on the 1-3-10 ladder, centred on the method family's usual scale, widened by up to two more
+rates on the 1-3-10 ladder, centred on the method family's usual scale, widened by up to four more
 rates while the best is at an edge), then seeds 0, 1, 2 (each in its own
 process), then `peftrepro verify` of one seed chosen at random. Each step is skipped when its
 output exists, so an interrupted corpus resumes where it stopped.
@@ -27,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PEFTREPRO = [sys.executable, "-m", "peftrepro.cli"]
 SEEDS = (0, 1, 2)
-EXTEND = 2  # a best rate at an edge of the grid gets up to two more rates past it (peftrepro sweep)
+EXTEND = 4  # a best rate at an edge of the grid gets up to four more rates past it (peftrepro sweep)
 
 # Grids: three rates, x3 apart, centred on where each family of methods usually trains well.
 LOW_RANK = (1e-3, 3e-3, 1e-2)  # LoRA and relatives: many parameters per layer
@@ -564,7 +564,7 @@ def supersede(sub: Path, lr: float, log: Any) -> Path:
         name=name,
         supersedes=f"{sub.parent.name}/{sub.name}",
         description=raw["description"]
-        + f" Replaces {sub.name}, whose three-rate sweep chose the top or bottom rate; the widened "
+        + f" Replaces {sub.name}: its sweep's best rate was at an edge of the rates tried; the widened "
         f"sweep (`--extend {EXTEND}`) chose {lr:g}.",
     )
     raw["training"]["optimizer_kwargs"]["lr"] = lr
