@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -559,7 +560,8 @@ def supersede(sub: Path, lr: float, log: Any) -> Path:
     """A widened sweep moved the rate of a submission that already has claims. A submission is never
     edited in place, so a new one with the chosen rate replaces it, carrying the sweep's points."""
     raw = json.loads((sub / "manifest.json").read_text())
-    name = f"{sub.name}-lr{lr:g}"
+    # r8-lr0.03 -> r8-lr0.1, not r8-lr0.03-lr0.1
+    name = re.sub(r"-lr[0-9.e+-]+$", "", sub.name) + f"-lr{lr:g}"
     raw.update(
         name=name,
         supersedes=f"{sub.parent.name}/{sub.name}",
@@ -567,7 +569,7 @@ def supersede(sub: Path, lr: float, log: Any) -> Path:
         + f" Replaces {sub.name}: its sweep's best rate was at an edge of the rates tried; the widened "
         f"sweep (`--extend {EXTEND}`) chose {lr:g}.",
     )
-    raw["training"]["optimizer_kwargs"]["lr"] = lr
+    raw.setdefault("training", {}).setdefault("optimizer_kwargs", {})["lr"] = lr
     new = sub.parent / name
     new.mkdir()
     (new / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
@@ -577,6 +579,8 @@ def supersede(sub: Path, lr: float, log: Any) -> Path:
 
 
 def run(task: str, only: set[str] | None, log: Any) -> None:
+    from peftrepro.manifest import resolve
+
     for e in entries(task):
         if only and e.method not in only:
             continue
@@ -589,7 +593,7 @@ def run(task: str, only: set[str] | None, log: Any) -> None:
             if step(sweep if claimed else [*sweep, "--apply"], log) != 0:
                 continue
             chosen = json.loads((sub / "sweep.json").read_text())["chosen_lr"]
-            lr = json.loads((sub / "manifest.json").read_text())["training"]["optimizer_kwargs"]["lr"]
+            lr = resolve(sub / "manifest.json").training.optimizer_kwargs["lr"]  # the task default if unset
             if chosen != lr:
                 sub = supersede(sub, chosen, log)
                 rel = str(sub.relative_to(ROOT))
