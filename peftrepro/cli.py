@@ -87,7 +87,8 @@ def main() -> None:
 def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
     """Check manifests: schema, policy, and that the PEFT config attaches to the task's model.
 
-    PATHS may be manifest files, submission folders or trees (default: submissions/).
+    PATHS may be manifest files, submission folders or trees (default: submissions/). On the GPU
+    tracks the config is attached to the model's architecture without its weights (meta device).
     """
     from peftrepro.checks import summary
     from peftrepro.validate import validate_paths
@@ -108,7 +109,7 @@ def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
                 f"ok {r.path}: {r.trainable_params:,} trainable of {r.total_params:,} parameters{checked}"
             )
         else:
-            click.echo(f"ok {r.path}")
+            click.echo(f"ok {r.path}" + (f": {r.note}" if r.note else ""))
     if any(not r.ok for r in results):
         sys.exit(EXIT_BAD_INPUT)
 
@@ -200,7 +201,7 @@ def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[fl
 @click.option(
     "--extend",
     type=click.IntRange(0, 8),
-    default=2,
+    default=4,
     show_default=True,
     help="While the best rate is at an edge, train one more a grid step beyond it, up to N times.",
 )
@@ -388,6 +389,46 @@ def new(task: str, method: str, name: str, source: Path | None, root: Path) -> N
     click.echo("next:")
     for line in next_steps(path):
         click.echo(f"  {line}")
+
+
+@main.command("import")
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Convert and check; write nothing.")
+@submissions_option
+def import_(path: Path, dry_run: bool, root: Path) -> None:
+    """Convert public PEFT method comparison experiments into manifests.
+
+    PATH is one experiment folder (experiments/<method>/<name>/, holding adapter_config.json and
+    optionally training_params.json) or any folder above many. Their shallow merge over
+    default_training_params.json is reproduced exactly; each place where it differs from
+    peftrepro's key-by-key merge is printed. Exit 2 if any experiment could not be converted.
+    """
+    from peftrepro.importer import NotConvertible, check, convert, find_experiments, write
+
+    try:
+        folders = find_experiments(path)
+    except NotConvertible as e:
+        _fail(str(e), EXIT_BAD_INPUT)
+    if not folders:
+        _fail(
+            f"{path}: no experiment folders (experiments/<method>/<name>/adapter_config.json)", EXIT_BAD_INPUT
+        )
+    failed = 0
+    for folder in folders:
+        try:
+            imported = convert(folder)
+            check(imported, root)
+            where = root / imported.relpath if dry_run else write(imported, root)
+        except NotConvertible as e:
+            failed += 1
+            click.echo(f"cannot import: {e}")
+            continue
+        click.echo(f"{'would import' if dry_run else 'imported'} {imported.experiment} -> {where}")
+        for note in imported.notes:
+            click.echo(f"  note: {note}")
+    click.echo(f"{len(folders) - failed} of {len(folders)} experiments converted")
+    if failed:
+        sys.exit(EXIT_BAD_INPUT)
 
 
 @main.command("list")

@@ -6,6 +6,7 @@ evaluate -> save adapter -> metrics. Returns metrics and environment; the runner
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 
 from peftrepro import checks, peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
-from peftrepro.errors import RunFailed
+from peftrepro.errors import RunFailed, UsageError
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file, sha256_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import adapter_files, release_freed_memory
@@ -28,6 +29,18 @@ SAMPLES_FILE = "samples.png"  # in the adapter folder; the runner copies it next
 
 def device_for_run() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+ALLOW_CPU_ENV = "PEFTREPRO_ALLOW_CPU"  # run a GPU track on the CPU anyway (tests, with stand-in models)
+
+
+def check_accelerator(task: Task) -> None:
+    """A GPU track on a machine without one would train a 3B model on the CPU for days: refuse."""
+    if task.accelerator == "cuda" and not torch.cuda.is_available() and not os.environ.get(ALLOW_CPU_ENV):
+        raise UsageError(
+            f"task {task.name!r} needs a CUDA GPU and none is visible here (run it with --runner docker on "
+            f"a GPU machine; {ALLOW_CPU_ENV}=1 runs it on the CPU anyway)"
+        )
 
 
 def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, Any]:
@@ -91,13 +104,14 @@ def train_adapter(
     seed, attach, train (validating every eval_steps). `state` is filled as it goes (environment,
     checks, steps), so that a failed or cancelled run still records what is known."""
     task = get_task(manifest.task)
+    check_accelerator(task)
     cfg = manifest.training
     configure_determinism(task.num_threads)
     device = device_for_run()
     state["environment"] = fingerprint(
         runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts={}
     )
-    prepared = task.prepare()
+    prepared = task.prepare(cfg)
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
     base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
@@ -116,7 +130,18 @@ def train_adapter(
         model.requires_grad_(True)
         peft_model = model
     else:
-        peft_model = peftconfig.attach_checked(model, peft_cfg, str(manifest.path))
+        peft_model = peftconfig.attach_checked(
+            model, peft_cfg, str(manifest.path), autocast_adapter_dtype=cfg.autocast_adapter_dtype
+        )
+        if cfg.init_kv_cache_prefix is not None:  # prefix tuning started from the base model's cache
+            from peft import initialize_kv_prefix_from_text
+
+            initialize_kv_prefix_from_text(
+                peft_model,
+                prepared.extra["tokenizer"],
+                text=cfg.init_kv_cache_prefix,
+                use_chat_template=False,
+            )
     release_freed_memory()
     result = train(
         peft_model,
@@ -129,6 +154,7 @@ def train_adapter(
         is_adalora=peft_cfg is not None and peft_cfg.peft_type == "ADALORA",
         progress=progress,
         on_step=lambda step: state.__setitem__("steps_completed", step),
+        empty_cache_every=prepared.extra.get("empty_cache_every"),
     )
     # Counted after training: an optimizer may freeze part of the adapter (LoRA-FA freezes lora_A).
     trainable, total = peftconfig.count_params(peft_model)

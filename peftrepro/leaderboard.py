@@ -26,6 +26,7 @@ STATUSES = {
     "failed": "the newest run of the current manifest failed and none succeeded",
     "stale": "only records of an earlier manifest, task version or record format exist (reason given)",
     "superseded": "a newer submission declares `supersedes` for it: shown under History",
+    "awaiting_run": "a valid manifest with no run yet (a GPU track's imported experiments, say)",
 }
 
 
@@ -63,7 +64,7 @@ SHOWN = ("peak_memory_bytes", "train_seconds", "adapter_bytes", "trainable_param
 
 
 def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") -> Row | None:
-    """One row per submission, or None when it has nothing to show (never run, or only cancelled)."""
+    """One row per submission; never run (or only cancelled): an `awaiting_run` row without figures."""
     if sub.claims:
         records = [sub.claims[s] for s in sorted(sub.claims)]
         verdicts = {
@@ -82,6 +83,8 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     elif sub.latest is None and sub.stale is not None:
         row = Row(sub, "stale", [sub.stale], note=sub.stale_reason or "")
         verdicts = {}
+    elif sub.latest is None or sub.latest.data["status"] == "cancelled":
+        return Row(sub, "awaiting_run", [])
     else:
         return None
     row.checks = checks_cell(row.records)
@@ -186,6 +189,7 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         "failed": 3,
         "stale": 4,
         "superseded": 5,
+        "awaiting_run": 6,
     }
     rows.sort(key=lambda r: (order[r.status], -finite(r.value(t.score_key)), r.sub.key))
     return rows

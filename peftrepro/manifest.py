@@ -45,6 +45,9 @@ MAX_VALUE_DEPTH = 4  # rank_pattern-style maps are 1 deep; nothing in peft's con
 REGEX_FIELDS = {"target_modules", "exclude_modules", "modules_to_save", "layers_pattern"}
 
 
+OPTIONAL_TRAINING = frozenset({"dtype", "autocast_adapter_dtype", "init_kv_cache_prefix"})
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """The training settings a run uses: the task defaults with the manifest's overrides merged in."""
@@ -60,9 +63,14 @@ class TrainingConfig:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     lr_scheduler: str = "cosine"
     warmup_steps: int = 0
+    # GPU-track settings; None means the task's own (they are left out of as_dict() then, so the
+    # resolved config of a CPU-track manifest, and every hash over it, is what it was before them).
+    dtype: str | None = None  # the base model's weights: float32, bfloat16, ..., int8/int4 (bitsandbytes)
+    autocast_adapter_dtype: bool | None = None  # peft's get_peft_model flag (True: adapters in float32)
+    init_kv_cache_prefix: str | None = None  # prefix tuning: start from the base model's cache of this text
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_TRAINING}
 
 
 @dataclass(frozen=True)
@@ -288,6 +296,14 @@ def resolve(path: Path) -> ResolvedManifest:
     problem = check_optimizer_kwargs(merged["optimizer_type"], merged["optimizer_kwargs"])
     if problem:
         raise ManifestError(str(path), problem[0], problem[1])
+    dtype = merged.get("dtype")
+    if dtype is not None and dtype not in task.dtypes:
+        raise ManifestError(
+            str(path), "/training/dtype", f"task {task.name!r} runs {', '.join(task.dtypes)}, got {dtype!r}"
+        )
+    prefix = merged.get("init_kv_cache_prefix")
+    if prefix is not None and (raw["peft_config"] or {}).get("peft_type") != "PREFIX_TUNING":
+        raise ManifestError(str(path), "/training/init_kv_cache_prefix", "applies to PREFIX_TUNING only")
     peft_config = copy.deepcopy(raw["peft_config"])
     if peft_config is not None:
         peft_config.setdefault("task_type", task.peft_task_type)

@@ -22,7 +22,7 @@ class MethodFamily:
 
 
 # Optimizers that make a method of their own: only their family may use them.
-METHOD_OPTIMIZERS = frozenset({"lora-fa"})
+METHOD_OPTIMIZERS = frozenset({"lora-fa", "lora+", "riemannian"})
 
 
 # Types that cannot be run safely or meaningfully by the shared training loop, and why.
@@ -43,6 +43,10 @@ _VARIANTS = (
     MethodFamily("dora", "LORA", {"use_dora": True, "use_rslora": False}),
     MethodFamily("rslora", "LORA", {"use_rslora": True, "use_dora": False}),
     MethodFamily("lora-fa", "LORA", {"use_dora": False}, optimizer="lora-fa"),
+    # LoRA+ (B learns faster than A) and Riemannian preconditioning: LoRA trained with peft's
+    # optimizers of those names, as the public comparison's optimizer_type "lora+"/"riemannian".
+    MethodFamily("lora-plus", "LORA", {"use_dora": False}, optimizer="lora+"),
+    MethodFamily("lora-riemannian", "LORA", {"use_dora": False}, optimizer="riemannian"),
 )
 
 

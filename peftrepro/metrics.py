@@ -89,6 +89,15 @@ METRICS: tuple[Metric, ...] = (
         "score",
     ),
     Metric(
+        "forgetting_same_position",
+        "forgetting (public def.)",
+        "forgetting as the public MetaMathQA harness computes it: each logit scored against the token "
+        "at its own position (no shift); for comparison with its published figures only",
+        "lower",
+        "nats/token",
+        "score",
+    ),
+    Metric(
         "drift",
         "drift",
         "how far the samples of the known classes move in the evaluator's feature space with the "

@@ -109,7 +109,7 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
             _submission_cell(r, root_rel),
             _status_cell(r),
             fmt_stat(r.stats.get(t.score_key), ".3f"),
-            str(len(r.records)) if r.status != "failed" else "–",
+            str(len(r.records)) if r.status not in ("failed", "awaiting_run") else "–",
             fmt_stat(r.stats.get(t.prior_key), prior_format(t.prior_key)),
             fmt_bytes(r.stats.get("peak_memory_bytes")),
             fmt_seconds(r.stats.get("train_seconds")),
@@ -362,8 +362,9 @@ def _sweep_section(subs: list[Submission], root_rel: str) -> list[str]:
         "## Learning-rate sweeps",
         "",
         "Final validation score per learning rate (`peftrepro sweep`, one seed, the task's training "
-        "budget; the test split is never evaluated); the chosen rate in bold, ⚠ when it is at the "
-        "edge of the grid.",
+        "budget; the test split is never evaluated); the chosen rate in bold, ⚠ when it is still at "
+        "the edge of the rates tried. A best rate at an edge of the grid gets one more rate past it, "
+        "a rung of the 1-3-10 ladder at a time, up to the sweep's `extend` (4 by default).",
         "",
     ]
     rows = []
@@ -409,7 +410,8 @@ def overview(
             f"Full table and plot: [{task_name}.md]({task_name}.md).",
             "",
         ]
-        shown = [r for r in rows if r.status not in ("stale", "superseded")]
+        shown = [r for r in rows if r.status not in ("stale", "superseded", "awaiting_run")]
+        awaiting = sum(r.status == "awaiting_run" for r in rows)
         lines += (
             table(
                 ["", "submission", "status", f"{score.label} ↑", "peak mem. ↓", "adapter size ↓"],
@@ -428,6 +430,8 @@ def overview(
             if shown
             else ["No results yet."]
         )
+        if awaiting:
+            lines += ["", f"{awaiting} more submission(s) awaiting a run: listed on the task page."]
         lines.append("")
     if orphans:
         lines += (

@@ -36,16 +36,25 @@ def build(config: dict[str, Any], file: str) -> PeftConfig:
         ) from None
 
 
-def attach(model: torch.nn.Module, config: PeftConfig) -> PeftModel:
+def attach(
+    model: torch.nn.Module, config: PeftConfig, autocast_adapter_dtype: bool | None = None
+) -> PeftModel:
+    """peft's get_peft_model; `autocast_adapter_dtype` None keeps peft's default (True)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return get_peft_model(model, config)
+        return get_peft_model(
+            model,
+            config,
+            autocast_adapter_dtype=True if autocast_adapter_dtype is None else autocast_adapter_dtype,
+        )
 
 
-def attach_checked(model: torch.nn.Module, config: PeftConfig, file: str) -> PeftModel:
+def attach_checked(
+    model: torch.nn.Module, config: PeftConfig, file: str, autocast_adapter_dtype: bool | None = None
+) -> PeftModel:
     """`attach`, with peft's refusals (no matching modules, unsupported layer) as a ManifestError."""
     try:
-        return attach(model, config)
+        return attach(model, config, autocast_adapter_dtype)
     except Exception as e:  # whatever peft raises while wrapping the model, the config is at fault
         raise ManifestError(
             file, "/peft_config", f"does not attach to the task's model: {one_line(e)}"

@@ -25,7 +25,7 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
     t = get_task(task_name)
     score, cost = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.pareto_cost_key]
     scale, unit = (2**30, "GiB") if cost.unit == "bytes" else (1.0, cost.unit)
-    shown = [r for r in rows if r.status not in ("stale", "superseded")]
+    shown = [r for r in rows if r.status not in ("stale", "superseded", "awaiting_run")]
     pts = [(r, r.value(t.pareto_cost_key) / scale, r.value(t.score_key)) for r in shown]
     pts = [(r, x, y) for r, x, y in pts if math.isfinite(x) and math.isfinite(y)]
     with matplotlib.rc_context({"svg.hashsalt": "peftrepro", "svg.fonttype": "none", "font.size": 9}):

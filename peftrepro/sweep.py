@@ -7,7 +7,7 @@ cannot tune on the numbers the leaderboard ranks by. The result goes to `<submis
 bound to the manifest by the sha256 of its resolved config without the learning rate.
 
 A best rate at the edge of the grid is a truncated optimum, so by default the sweep trains one more
-rate a grid step past that edge, up to twice (`--extend`); points already in sweep.json for the
+rate a grid step past that edge, up to four times (`--extend`); points already in sweep.json for the
 same config and seed are reused, since a run is bit-exact on the CPU tracks.
 """
 

@@ -31,7 +31,15 @@ OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], frozenset[str]]] = {
     # peft's LoRA-FA (AdamW on lora_B with lora_A frozen, gradients projected); the method family
     # `lora-fa`. r and lora_alpha, as the public comparison writes them, must equal the LoRA config's.
     "lora-fa": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "r", "lora_alpha"})),
+    # peft's LoRA+ (lora_B's rate = lr x loraplus_lr_ratio) and Riemannian-preconditioned LoRA,
+    # both over AdamW as in the public comparison; the method families `lora-plus`, `lora-riemannian`.
+    "lora+": (
+        torch.optim.AdamW,
+        frozenset({"lr", "weight_decay", "betas", "eps", "loraplus_lr_ratio", "loraplus_lr_embedding"}),
+    ),
+    "riemannian": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "betas", "eps", "reg"})),
 }
+DEFAULT_LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and peft's documented starting point
 
 
 def check_optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
@@ -55,6 +63,15 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.O
         lora: Any = getattr(model, "peft_config")["default"]  # noqa: B009 - a PeftModel's, by the manifest policy
         kwargs = {"r": lora.r, "lora_alpha": lora.lora_alpha, **cfg.optimizer_kwargs}
         return create_lorafa_optimizer(model, **kwargs)  # type: ignore[arg-type]
+    if cfg.optimizer_type == "lora+":
+        from peft.optimizers import create_loraplus_optimizer
+
+        kwargs = {"loraplus_lr_ratio": DEFAULT_LORAPLUS_RATIO, **cfg.optimizer_kwargs}
+        return create_loraplus_optimizer(model, torch.optim.AdamW, **kwargs)  # type: ignore[arg-type]
+    if cfg.optimizer_type == "riemannian":
+        from peft.optimizers import create_riemannian_optimizer
+
+        return create_riemannian_optimizer(model, torch.optim.AdamW, **cfg.optimizer_kwargs)  # type: ignore[arg-type]
     optimizer_cls, _ = OPTIMIZERS[cfg.optimizer_type]
     return optimizer_cls([p for p in model.parameters() if p.requires_grad], **cfg.optimizer_kwargs)
 
@@ -117,6 +134,7 @@ def train(
     is_adalora: bool = False,
     progress: bool | None = None,
     on_step: Callable[[int], None] | None = None,
+    empty_cache_every: int | None = None,
 ) -> TrainResult:
     """Train the trainable parameters of `model` for cfg.max_steps steps; validate every eval_steps."""
     optimizer = make_optimizer(model, cfg)
@@ -145,6 +163,8 @@ def train(
                 optimizer.zero_grad(set_to_none=True)
                 loss = loss_t.item()
             sampler.step()
+            if empty_cache_every and device.type == "cuda" and step % empty_cache_every == 0:
+                torch.cuda.empty_cache()  # a task's choice that shapes reserved memory (metamathqa)
             if on_step is not None:
                 on_step(step)
             losses.append(loss)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftrepro import checks, peftconfig
-from peftrepro.errors import PeftreproError
+from peftrepro.errors import ManifestError, PeftreproError
 from peftrepro.manifest import ResolvedManifest, resolve
 from peftrepro.tasks import Prepared, get_task
 from peftrepro.training import make_optimizer
@@ -22,6 +22,7 @@ class Validated:
     total_params: int | None = None
     checks: list[checks.CheckResult] | None = None  # with --deep
     error: PeftreproError | None = None
+    note: str | None = None  # what was not checked, and why
 
     @property
     def ok(self) -> bool:
@@ -39,6 +40,29 @@ def validate_one(
             return Validated(path, manifest)
         config = None if manifest.peft_config is None else peftconfig.build(manifest.peft_config, str(path))
         task = get_task(manifest.task)
+        skeleton = None if deep else task.skeleton()
+        if skeleton is not None:  # a GPU track: attach to the architecture, weights never loaded
+            if config is None:
+                _, total = peftconfig.count_params(skeleton)
+                return Validated(path, manifest, total, total)
+            try:
+                model = peftconfig.attach(skeleton, config, manifest.training.autocast_adapter_dtype)
+            except Exception as e:  # SVD or data-driven initialisations need the real weights
+                if "meta" not in str(e):
+                    raise ManifestError(
+                        str(path),
+                        "/peft_config",
+                        f"does not attach to the task's model: {peftconfig.one_line(e)}",
+                    ) from None
+                return Validated(
+                    path,
+                    manifest,
+                    note="attachment not checked: its initialisation reads the base weights "
+                    "(`validate --deep` loads them)",
+                )
+            make_optimizer(model, manifest.training)
+            trainable, total = peftconfig.count_params(model)
+            return Validated(path, manifest, trainable, total)
         # One model load per task and command; each manifest gets a fresh copy of the base weights.
         if prepared is not None and manifest.task in prepared:
             base = prepared[manifest.task]

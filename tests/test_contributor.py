@@ -84,4 +84,4 @@ def test_list_shows_tasks_methods_and_submission_status() -> None:
     assert "verified (1/3)" in lines["arithmetic/lora/r8"]
     assert "stale" in lines["arithmetic/lokr/v2"] and "record format v2" in lines["arithmetic/lokr/v2"]
     assert "superseded" in lines["arithmetic/lokr/old"]
-    assert "not run" in lines["arithmetic/miss/pending"]
+    assert "awaiting run" in lines["arithmetic/miss/pending"]

@@ -17,7 +17,7 @@ from peftrepro.cli import main
 from peftrepro.metrics import METRICS_BY_KEY
 from peftrepro.records import list_records, read_record
 from peftrepro.tasks import digits
-from tests.test_run import TEXT_ONLY
+from tests.test_run import TASK_ONLY, TEXT_ONLY
 from tests.tiny import TINY_DIGITS_BASE, TINY_DIGITS_EVALUATOR, build_tiny_digits, register_tiny_digits
 
 LORA_DIGITS = {
@@ -90,7 +90,7 @@ def test_a_digits_run_records_score_drift_and_a_grid_and_verifies(
     record = read_record(record_file)
     schemas.check(record, schemas.RUN_RECORD, str(record_file))
     m = record["metrics"]
-    assert record["status"] == "success" and set(m) == set(METRICS_BY_KEY) - TEXT_ONLY
+    assert record["status"] == "success" and set(m) == set(METRICS_BY_KEY) - TEXT_ONLY - TASK_ONLY
     assert 0 <= m["test_concept_score"] <= 1 and 0 <= m["base_test_concept_score"] <= 1
     assert 0 <= m["drift"] <= 1 and math.isfinite(m["train_loss_final"])
     assert [p["step"] for p in m["valid_curve"]] == [2, 4] and "valid_concept_score" in m["valid_curve"][0]
@@ -170,7 +170,7 @@ def test_a_digits_record_without_its_own_metrics_is_ignored(digits_task, write_m
     m.update(test_accuracy=0.9, base_test_accuracy=0.1, forgetting=0.0, tokens_per_second=1.0)
     record_file.write_text(json.dumps(record))
     result = CliRunner().invoke(main, ["list", "submissions"])
-    assert "not run" in result.output or "ignored" in result.output.lower()
+    assert "awaiting run" in result.output or "ignored" in result.output.lower()
     from peftrepro.collect import load_submission
 
     sub = load_submission(path.parent)

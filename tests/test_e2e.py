@@ -88,3 +88,26 @@ def test_corrupted_model_cache_is_detected(real_task, real_cache: Path, tmp_path
             GGUFSource().materialize()
     finally:
         shutil.copy(copy / "model.safetensors", folder / "model.safetensors")
+
+
+def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task, tmp_path: Path) -> None:
+    """CI re-runs one committed arithmetic claim (submission and seed drawn at random) on a copy of
+    its folder: the corpus on the leaderboard is checked a sample at a time, on every CI run."""
+    import random
+
+    from peftrepro.collect import load_submission
+
+    claims = [
+        (folder, seed)
+        for folder in sorted((REPO / "submissions" / "arithmetic").glob("*/*"))
+        if (folder / "manifest.json").exists()
+        for seed in sorted(load_submission(folder).claims)
+    ]
+    if not claims:
+        pytest.skip("no committed arithmetic claims")
+    folder, seed = random.Random().choice(claims)
+    copy = tmp_path / "submissions" / "arithmetic" / folder.parent.name / folder.name
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("verifications"))
+    print(f"verifying {folder.relative_to(REPO)} seed {seed}")
+    result = CliRunner().invoke(main, ["verify", str(copy), "--seed", str(seed)])
+    assert result.exit_code == 0 and "verdict: REPRODUCED" in result.output, result.output

@@ -20,8 +20,8 @@ def test_sweep_never_evaluates_the_test_split_and_applies_the_choice(write_manif
     splits: list[str] = []
     real_prepare = task.prepare
 
-    def spying_prepare() -> Prepared:
-        prepared = real_prepare()
+    def spying_prepare(training=None) -> Prepared:
+        prepared = real_prepare(training)
         evaluate = prepared.evaluate
         return dataclasses.replace(
             prepared, evaluate=lambda m, split, b: splits.append(split) or evaluate(m, split, b)

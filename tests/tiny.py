@@ -11,7 +11,9 @@ import functools
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from peftrepro.tasks import Prepared, digits, register
@@ -92,8 +94,8 @@ class ExplodingTask(ArithmeticTask):
     """The tiny task whose test evaluation raises: a run that breaks after training. A class, so
     that a child process can unpickle its registration."""
 
-    def prepare(self) -> Prepared:
-        prepared = super().prepare()
+    def prepare(self, training: Any = None) -> Prepared:
+        prepared = super().prepare(training)
         evaluate = prepared.evaluate
 
         def exploding(model: torch.nn.Module, split: str, batch_size: int) -> float:
@@ -123,7 +125,7 @@ def interrupt_during_training(args: list[str], tiny_model_dir: Path, sig: int) -
     deadline = time.monotonic() + 120
     while not list(cache.glob("base-measurements/*.json")) and time.monotonic() < deadline:
         time.sleep(0.2)
-    time.sleep(1.5)
+    time.sleep(4.0)  # the structural checks, then a few steps (1.5 s was too short on a loaded machine)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
@@ -136,3 +138,183 @@ if __name__ == "__main__":
 
     sys.argv[0] = "peftrepro"
     main()
+
+
+def build_tiny_metamathqa(folder: Path) -> Path:
+    """Local stand-ins for the metamathqa task's four hub repositories, in the layouts the hub
+    loaders read (a model folder; jsonl files named by split): the task runs its real code on them."""
+    import json
+
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model = folder / "model"
+    if not (model / "model.safetensors").exists():
+        build_tiny_model(folder / "arith")
+        tok = AutoTokenizer.from_pretrained(folder / "arith")
+        tiny = LlamaForCausalLM.from_pretrained(folder / "arith")
+        tiny.config.max_position_embeddings = 1024  # generation runs to 800 tokens, as the real task
+        tiny.save_pretrained(model)
+        tok.save_pretrained(model)
+
+    def jsonl(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    problems = all_problems()
+    jsonl(
+        folder / "metamath" / "train.jsonl",
+        [
+            {
+                "type": "GSM_Rephrased" if i % 2 else "MATH_AnsAug",
+                "query": p.prompt.replace(" equals", "?"),
+                "original_question": p.prompt,
+                "response": f"We add them. The answer is: {p.answer}",
+            }
+            for i, p in enumerate(problems[:64])
+        ]
+        + [{"type": "MATH_AnsAug", "query": "x" * 1400, "original_question": "", "response": "too long"}],
+    )
+    gsm = [
+        {"question": p.prompt.replace(" equals", "?"), "answer": f"{p.a}+{p.b}\n#### {p.answer}"}
+        for p in problems[100:112]
+    ]
+    jsonl(folder / "gsm8k" / "train.jsonl", gsm[:8])
+    jsonl(folder / "gsm8k" / "test.jsonl", gsm[8:])
+    jsonl(folder / "finewiki" / "train.jsonl", [{"text": t} for t in general_texts()[:6]])
+    return folder
+
+
+def register_tiny_metamathqa(folder: Path) -> None:
+    from peftrepro.tasks.metamathqa import MetaMathQATask, Pinned, Sources
+
+    build_tiny_metamathqa(folder)
+    sources = Sources(
+        model=Pinned(str(folder / "model"), None),
+        metamath=Pinned(str(folder / "metamath"), None),
+        gsm8k=Pinned(str(folder / "gsm8k"), None),
+        general=Pinned(str(folder / "finewiki"), None),
+    )
+    register("metamathqa", functools.partial(MetaMathQATask, sources, valid_size=2))
+
+
+TINY_IMAGEGEN_PROMPTS = tuple(f"sks cat photo {i}" for i in range(8))
+
+
+def build_tiny_imagegen(folder: Path) -> Path:
+    """A tiny FLUX.2-klein pipeline (random weights), a tiny DINOv2 and 8 generated "photos" in the
+    layouts the hub loaders read: the image-gen task runs its real code on them."""
+    from diffusers import (
+        AutoencoderKLFlux2,
+        FlowMatchEulerDiscreteScheduler,
+        Flux2KleinPipeline,
+        Flux2Transformer2DModel,
+    )
+    from PIL import Image
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        BitImageProcessor,
+        Dinov2Config,
+        Dinov2Model,
+        Qwen2TokenizerFast,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
+
+    if (folder / "done").exists():
+        return folder
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([*TINY_IMAGEGEN_PROMPTS, "a photo of cat", "user assistant"], trainer)
+    qwen_tok = Qwen2TokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    qwen_tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    torch.manual_seed(0)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1,
+        in_channels=4,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=48,  # 16 hidden x 3 text-encoder layers
+        timestep_guidance_channels=256,
+        axes_dims_rope=[4, 4, 4, 4],
+        guidance_embeds=False,
+    )
+    text_encoder = Qwen3ForCausalLM(
+        Qwen3Config(
+            intermediate_size=16,
+            hidden_size=16,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            vocab_size=len(qwen_tok),
+            max_position_embeddings=1024,
+        )
+    )
+    vae = AutoencoderKLFlux2(
+        sample_size=32,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=1,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        text_encoder=text_encoder,
+        tokenizer=qwen_tok,
+        transformer=transformer,
+        vae=vae,
+    ).save_pretrained(folder / "model")
+    Dinov2Model(
+        Dinov2Config(
+            hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, image_size=28
+        )
+    ).save_pretrained(folder / "dino")
+    BitImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}).save_pretrained(
+        folder / "dino"
+    )
+    photos = folder / "photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(len(TINY_IMAGEGEN_PROMPTS)):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"{i:02d}.png")
+    (folder / "done").touch()
+    return folder
+
+
+def register_tiny_imagegen(folder: Path) -> None:
+    from peftrepro.tasks.imagegen import ImageGenTask, Settings, Sources
+    from peftrepro.tasks.metamathqa import Pinned
+
+    build_tiny_imagegen(folder)
+    sources = Sources(
+        model=Pinned(str(folder / "model"), None),
+        dataset=Pinned(str(folder / "photos"), None),
+        dino=Pinned(str(folder / "dino"), None),
+    )
+    settings = Settings(
+        resolution=32,
+        repeats=10,
+        valid_size=2,
+        test_size=2,
+        num_inference_steps=2,
+        text_encoder_out_layers=(1, 2, 3),
+        dino_image_size=28,
+        instance_prompts=TINY_IMAGEGEN_PROMPTS,
+        sample_prompts=("a photo of sks cat", "a photo of cat"),
+        drift_prompts=("a photo of cat", "a dog"),
+    )
+    register("image-gen", functools.partial(ImageGenTask, sources, settings=settings))

@@ -78,6 +78,7 @@ class Task(ABC):
     pareto_cost_key: str = "peak_memory_bytes"
     public_reference: PublicReference | None = None
     accelerator: str = "cpu"  # "cpu": runs and is verified anywhere (CI included); "cuda": needs a GPU
+    dtypes: tuple[str, ...] = ("float32",)  # what `training.dtype` may say; the first is the default
     # The budget every submission of the task shares: `peftrepro ci` refuses a manifest that changes it.
     fixed_training: tuple[str, ...] = (
         "max_steps",
@@ -88,8 +89,14 @@ class Task(ABC):
     )
 
     @abstractmethod
-    def prepare(self) -> Prepared:
-        """Load (and cache) the pinned base model and data; verify their hashes."""
+    def prepare(self, training: TrainingConfig | None = None) -> Prepared:
+        """Load (and cache) the pinned base model and data; verify their hashes. `training` is the
+        run's resolved settings (its `dtype` picks how the base model is loaded); None: defaults."""
+
+    def skeleton(self) -> torch.nn.Module | None:
+        """The base model's architecture without weights (meta device), where loading the weights
+        is not cheap (GPU tracks): `validate` attaches manifests to it. None: load the real model."""
+        return None
 
     def fetch(self) -> None:
         """Download or build the pinned assets into the cache (the one step allowed the network).
@@ -139,9 +146,13 @@ def get_task(name: str) -> Task:
 def _register_builtin() -> None:
     from peftrepro.tasks.arithmetic import ArithmeticTask
     from peftrepro.tasks.digits import DigitsTask
+    from peftrepro.tasks.imagegen import ImageGenTask
+    from peftrepro.tasks.metamathqa import MetaMathQATask
 
     register("arithmetic", ArithmeticTask)
     register("digits", DigitsTask)
+    register("metamathqa", MetaMathQATask)
+    register("image-gen", ImageGenTask)
 
 
 _register_builtin()

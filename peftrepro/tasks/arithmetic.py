@@ -273,7 +273,8 @@ class ArithmeticTask(Task):
         quiet_model_loading()
         self.source.materialize()
 
-    def prepare(self) -> Prepared:
+    def prepare(self, training: TrainingConfig | None = None) -> Prepared:
+        del training  # float32 only (Task.dtypes)
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         quiet_model_loading()

@@ -385,7 +385,8 @@ class DigitsTask(Task):
             "pinned": pinned,
         }
 
-    def prepare(self) -> Prepared:
+    def prepare(self, training: TrainingConfig | None = None) -> Prepared:
+        del training  # float32 only (Task.dtypes)
         from safetensors.torch import load_file
 
         model_info = self.materialize()
