@@ -106,3 +106,18 @@ def test_validate_counts_parameters_as_the_public_result_files_do(tmp_path: Path
             theirs["num_trainable_params"],
             theirs["num_total_params"],
         )
+
+
+def test_a_quantized_base_without_bitsandbytes_is_a_one_line_refusal(tiny_track: Path, monkeypatch) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed here")
+    monkeypatch.setenv("PEFTREPRO_ALLOW_CPU", "1")
+    doc = json.loads(tiny_track.read_text())
+    doc["training"]["dtype"] = "int4"
+    tiny_track.write_text(json.dumps(doc))
+    result = CliRunner().invoke(main, ["run", str(tiny_track)])
+    assert result.exit_code == 2, result.output
+    assert "dtype int4 needs bitsandbytes: pip install bitsandbytes" in result.output
+    assert "Traceback" not in result.output

@@ -74,7 +74,9 @@ def trapped_signals(cancellation: Cancellation) -> Iterator[None]:
 def run_local(
     manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
 ) -> RunOutcome:
-    check_accelerator(get_task(manifest.task))  # before a record exists: a refusal, not a failed run
+    # Before a record exists: what cannot run here is a refusal, not a failed run.
+    check_accelerator(get_task(manifest.task))
+    get_task(manifest.task).preflight(manifest.training)
     runs_dir = runs_dir or manifest.folder / RUNS_DIR
     started = utc_now()
     run_id = new_run_id(seed, started)

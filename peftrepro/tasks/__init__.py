@@ -93,6 +93,11 @@ class Task(ABC):
         """Load (and cache) the pinned base model and data; verify their hashes. `training` is the
         run's resolved settings (its `dtype` picks how the base model is loaded); None: defaults."""
 
+    def preflight(self, training: TrainingConfig) -> None:
+        """Refuse (UsageError) what cannot run here before a record exists: a missing package for
+        the manifest's settings, say. The default accepts everything."""
+        del training
+
     def skeleton(self) -> torch.nn.Module | None:
         """The base model's architecture without weights (meta device), where loading the weights
         is not cheap (GPU tracks): `validate` attaches manifests to it. None: load the real model."""

@@ -205,6 +205,10 @@ class MetaMathQATask(Task):
         self.sources = sources or Sources()
         self.valid_size = valid_size
 
+    def preflight(self, training: TrainingConfig) -> None:
+        if training.dtype in ("int8", "int4"):
+            _dtype_kwargs(training.dtype)  # raises the one-line "needs bitsandbytes" when it is missing
+
     def skeleton(self) -> torch.nn.Module:
         """The base model's architecture on the meta device: no weights, no download."""
         from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM
