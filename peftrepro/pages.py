@@ -431,7 +431,8 @@ def overview(
             else ["No results yet."]
         )
         if awaiting:
-            lines += ["", f"{awaiting} more submission(s) awaiting a run: listed on the task page."]
+            more = "more " if shown else ""
+            lines += ["", f"{awaiting} {more}submission(s) awaiting a run: listed on the task page."]
         lines.append("")
     if orphans:
         lines += (
