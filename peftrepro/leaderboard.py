@@ -207,14 +207,15 @@ _MD_TABLE = str.maketrans({**{c: "\\" + c for c in "\\`*_[]|~"}, "<": "&lt;", ">
 
 def md(text: str, limit: int = 300) -> str:
     """Text from a manifest or record, inert in Markdown and HTML: one line, markup characters
-    backslash-escaped, `<>&` as entities, control characters dropped. (It never starts a line,
+    backslash-escaped, `<>&` as entities, control characters dropped, and `../` written with an
+    entity slash so that a hostile value never reads as a relative path. (It never starts a line,
     so line-start markup such as `#`, `-` or `1.` cannot take effect.)"""
     text = " ".join(str(text).split())
     if not text.isprintable():
         text = "".join(ch for ch in text if ch.isprintable())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
-    return text.translate(_MD_TABLE)
+    return text.translate(_MD_TABLE).replace("../", "..&#47;")
 
 
 def fmt_stat(s: Stat | None, fmt: str, scale: float = 1.0, unit: str = "") -> str:
