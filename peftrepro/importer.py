@@ -94,7 +94,7 @@ def task_for(defaults: dict[str, Any]) -> str:
     model_id = defaults.get("model_id")
     for name in task_names():
         task = get_task(name)
-        if model_id in (task.base_model_id, *getattr(task, "public_model_ids", ())):
+        if model_id == task.base_model_id:
             return name
     raise NotConvertible(f"no peftrepro task runs their base model {model_id!r}")
 

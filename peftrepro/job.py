@@ -34,13 +34,16 @@ def device_for_run() -> torch.device:
 ALLOW_CPU_ENV = "PEFTREPRO_ALLOW_CPU"  # run a GPU track on the CPU anyway (tests, with stand-in models)
 
 
-def check_accelerator(task: Task) -> None:
-    """A GPU track on a machine without one would train a 3B model on the CPU for days: refuse."""
+def preflight(manifest: ResolvedManifest) -> None:
+    """Refuse what cannot run here before a record exists (a refusal, not a failed run): a GPU
+    track on a machine without one (a 3B model on the CPU for days), a package the settings need."""
+    task = get_task(manifest.task)
     if task.accelerator == "cuda" and not torch.cuda.is_available() and not os.environ.get(ALLOW_CPU_ENV):
         raise UsageError(
             f"task {task.name!r} needs a CUDA GPU and none is visible here (run it with --runner docker on "
             f"a GPU machine; {ALLOW_CPU_ENV}=1 runs it on the CPU anyway)"
         )
+    task.preflight(manifest.training)
 
 
 def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, Any]:
@@ -104,7 +107,6 @@ def train_adapter(
     seed, attach, train (validating every eval_steps). `state` is filled as it goes (environment,
     checks, steps), so that a failed or cancelled run still records what is known."""
     task = get_task(manifest.task)
-    check_accelerator(task)
     cfg = manifest.training
     configure_determinism(task.num_threads)
     device = device_for_run()

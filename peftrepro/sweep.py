@@ -114,9 +114,10 @@ def run_sweep(
     family whose best rate lies outside its usual range is not judged at a truncated optimum.
     Points of `previous` (an earlier sweep.json of this config and seed) are reused, not re-run.
     """
-    from peftrepro.job import train_adapter
+    from peftrepro.job import preflight, train_adapter
     from peftrepro.tasks import get_task
 
+    preflight(manifest)
     started = utc_now()
     config = manifest.resolved_config()
     config_sha = swept_config_sha256(config)

@@ -40,44 +40,41 @@ def validate_one(
             return Validated(path, manifest)
         config = None if manifest.peft_config is None else peftconfig.build(manifest.peft_config, str(path))
         task = get_task(manifest.task)
+        # GPU tracks: the architecture without weights (meta device); otherwise the loaded model,
+        # once per task and command, each manifest getting a fresh copy of the base weights.
         skeleton = None if deep else task.skeleton()
-        if skeleton is not None:  # a GPU track: attach to the architecture, weights never loaded
-            if config is None:
-                _, total = peftconfig.count_params(skeleton)
-                return Validated(path, manifest, total, total)
-            try:
-                model = peftconfig.attach(skeleton, config, manifest.training.autocast_adapter_dtype)
-            except Exception as e:  # SVD or data-driven initialisations need the real weights
-                if "meta" not in str(e):
-                    raise ManifestError(
-                        str(path),
-                        "/peft_config",
-                        f"does not attach to the task's model: {peftconfig.one_line(e)}",
-                    ) from None
-                return Validated(
-                    path,
-                    manifest,
-                    note="attachment not checked: its initialisation reads the base weights "
-                    "(`validate --deep` loads them)",
-                )
-            make_optimizer(model, manifest.training)
-            trainable, total = peftconfig.count_params(model)
-            return Validated(path, manifest, trainable, total)
-        # One model load per task and command; each manifest gets a fresh copy of the base weights.
-        if prepared is not None and manifest.task in prepared:
-            base = prepared[manifest.task]
-        else:
-            base = task.prepare()
-            if prepared is not None:
-                prepared[manifest.task] = base
-
+        base = None
+        if skeleton is None:
+            base = prepared.get(manifest.task) if prepared is not None else None
+            if base is None:
+                base = task.prepare()
+                if prepared is not None:
+                    prepared[manifest.task] = base
+        source = skeleton if base is None else base.model
+        assert source is not None
         if config is None:  # full fine-tuning: every parameter trains; its round trip runs after training
-            _, total = peftconfig.count_params(base.model)
+            _, total = peftconfig.count_params(source)
             return Validated(path, manifest, total, total)
-        model = peftconfig.attach_checked(copy.deepcopy(base.model), config, str(path))
+        fresh = source if base is None else copy.deepcopy(source)
+        try:
+            model = peftconfig.attach_checked(
+                fresh, config, str(path), manifest.training.autocast_adapter_dtype
+            )
+        except ManifestError as e:
+            if base is not None or "meta" not in e.message:
+                raise
+            # an SVD or data-driven initialisation needs the real weights
+            return Validated(
+                path,
+                manifest,
+                note="attachment not checked: its initialisation reads the base "
+                "weights (`validate --deep` loads them)",
+            )
         make_optimizer(model, manifest.training)  # what it trains: LoRA-FA's freezes lora_A
         trainable, total = peftconfig.count_params(model)
         del model
+        if base is None:
+            return Validated(path, manifest, trainable, total)
         found = None
         if deep:
             found = checks.run_checks(base.model, config, base.probe)

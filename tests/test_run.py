@@ -230,7 +230,10 @@ def test_runs_after_the_first_get_a_fresh_process_with_the_same_results(write_ma
 
 
 def test_an_interrupted_multi_seed_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir) -> None:
-    path = write_manifest({"training": {**LORA_MANIFEST["training"], "max_steps": 400}})
+    # a run that cannot finish before the signal, however fast the machine (400 steps once did)
+    path = write_manifest(
+        {"training": {**LORA_MANIFEST["training"], "max_steps": 100000, "eval_steps": 100000}}
+    )
     code, _, _ = interrupt_during_training(
         ["run", str(path), "--seeds", "0,1"], tiny_model_dir, signal.SIGINT
     )

@@ -185,7 +185,8 @@ def build_tiny_metamathqa(folder: Path) -> Path:
 
 
 def register_tiny_metamathqa(folder: Path) -> None:
-    from peftrepro.tasks.metamathqa import MetaMathQATask, Pinned, Sources
+    from peftrepro.tasks.hub import Pinned
+    from peftrepro.tasks.metamathqa import MetaMathQATask, Sources
 
     build_tiny_metamathqa(folder)
     sources = Sources(
@@ -296,8 +297,8 @@ def build_tiny_imagegen(folder: Path) -> Path:
 
 
 def register_tiny_imagegen(folder: Path) -> None:
+    from peftrepro.tasks.hub import Pinned
     from peftrepro.tasks.imagegen import ImageGenTask, Settings, Sources
-    from peftrepro.tasks.metamathqa import Pinned
 
     build_tiny_imagegen(folder)
     sources = Sources(

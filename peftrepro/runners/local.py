@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from peftrepro.errors import PeftreproError, RunCancelled, RunFailed
-from peftrepro.job import SAMPLES_FILE, check_accelerator, execute
+from peftrepro.job import SAMPLES_FILE, execute, preflight
 from peftrepro.jsonio import write_new_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
@@ -74,9 +74,7 @@ def trapped_signals(cancellation: Cancellation) -> Iterator[None]:
 def run_local(
     manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
 ) -> RunOutcome:
-    # Before a record exists: what cannot run here is a refusal, not a failed run.
-    check_accelerator(get_task(manifest.task))
-    get_task(manifest.task).preflight(manifest.training)
+    preflight(manifest)
     runs_dir = runs_dir or manifest.folder / RUNS_DIR
     started = utc_now()
     run_id = new_run_id(seed, started)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -365,7 +366,9 @@ class ImageGenTask(Task):
             prior=prior,
             prior_change=drift,
             probe=Probe(outputs=probe_outputs, loss=lambda m: loss(m, probe_batch)),
-            load_base=lambda: load_pipeline().transformer,
+            load_base=lambda: type(model).from_pretrained(  # the transformer alone, not the pipeline
+                src.model.id, subfolder="transformer", revision=src.model.revision, dtype=dtype
+            ),
             save_samples=save_samples,
             extra={"empty_cache_every": s.empty_cache_every},
         )
@@ -469,29 +472,23 @@ def _transformer_forward(
     )[0]
 
 
-class _pipeline_on:
+@contextmanager
+def _pipeline_on(pipe: Any, model: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """Generation with `model` as the pipeline's transformer, its text encoder and VAE on the
     accelerator for the duration (kept on the CPU during training, as the public harness)."""
-
-    def __init__(self, pipe: Any, model: torch.nn.Module, device: torch.device) -> None:
-        self.pipe, self.model, self.device = pipe, model, device
-
-    def __enter__(self) -> None:
-        self.saved = self.pipe.transformer
-        self.was_training = self.model.training
-        self.model.eval()
-        self.pipe.transformer = self.model
-        self.pipe.text_encoder.to(self.device)
-        self.pipe.vae.to(self.device)
-        self.grad = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_grad_enabled(self.grad)
-        self.pipe.text_encoder.to("cpu")
-        self.pipe.vae.to("cpu")
-        self.pipe.transformer = self.saved
-        self.model.train(self.was_training)
+    saved, was_training = pipe.transformer, model.training
+    model.eval()
+    pipe.transformer = model
+    pipe.text_encoder.to(device)
+    pipe.vae.to(device)
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        pipe.text_encoder.to("cpu")
+        pipe.vae.to("cpu")
+        pipe.transformer = saved
+        model.train(was_training)
 
 
 def _load_dino(p: Pinned, size: int, device: torch.device) -> tuple[Any, torch.nn.Module]:
