@@ -3,6 +3,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +76,60 @@ def write_manifest(tmp_path: Path) -> WriteManifest:
 
 
 DELETE = object()
+
+
+# ---- the real `arithmetic` task (pinned SmolLM2 GGUF, real data) --------------------------------
+
+REPO = Path(__file__).parent.parent
+
+
+def real_lora_folder(root: Path) -> Path:
+    """The committed lora/default manifest, cut to 4 steps, at its proper path under `root`."""
+    folder = root / "submissions" / "arithmetic" / "lora" / "default"
+    folder.mkdir(parents=True)
+    doc = json.loads((REPO / "submissions/arithmetic/lora/default/manifest.json").read_text())
+    doc["training"] = {"max_steps": 4, "eval_steps": 2, "batch_size": 4}
+    (folder / "manifest.json").write_text(json.dumps(doc))
+    return folder
+
+
+@dataclass(frozen=True)
+class RealRun:
+    cache: Path
+    folder: Path
+    path: Path
+    record: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
+    """One real 4-step run of lora/default, seed 0, as `peftrepro run` does it (a fresh process).
+    Its cache is shared by every test of the real task, so the model is dequantized (~20 s) and the
+    base model measured (~30 s) once per session, not once per test."""
+    from peftrepro.manifest import resolve
+    from peftrepro.runners.local import run_isolated
+    from peftrepro.tasks.arithmetic import ArithmeticTask
+
+    cache = tmp_path_factory.mktemp("real-cache")
+    folder = real_lora_folder(tmp_path_factory.mktemp("real-run"))
+    saved = (dict(tasks._FACTORIES), dict(tasks._INSTANCES))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PEFTREPRO_CACHE", str(cache))
+        tasks.register("arithmetic", ArithmeticTask)
+        try:
+            first = run_isolated(resolve(folder / "manifest.json"), seed=0)
+        finally:
+            tasks._FACTORIES.clear(), tasks._FACTORIES.update(saved[0])
+            tasks._INSTANCES.clear(), tasks._INSTANCES.update(saved[1])
+    assert first.status == "success", first.record["error"]
+    return RealRun(cache, folder, first.path, first.record)
+
+
+@pytest.fixture
+def real_task(real_run: RealRun, monkeypatch: pytest.MonkeyPatch) -> RealRun:
+    """This test runs the real `arithmetic` task on the session's shared cache."""
+    from peftrepro.tasks.arithmetic import ArithmeticTask
+
+    monkeypatch.setenv("PEFTREPRO_CACHE", str(real_run.cache))
+    tasks.register("arithmetic", ArithmeticTask)
+    return real_run

@@ -6,7 +6,6 @@ registry and sets it); without it the test is skipped, unless PEFTREPRO_REQUIRE_
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,9 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import peftrepro.tasks as tasks
 from peftrepro.cli import main
 from peftrepro.records import list_records, read_record
+from tests.conftest import real_lora_folder
 from tests.fake_engine import serve
 
 REPO = Path(__file__).parent.parent
@@ -130,38 +129,22 @@ def test_image(tmp_path_factory: pytest.TempPathFactory) -> str:
     return build_all(tmp_path_factory.mktemp("image-work"), REAL_HOST)
 
 
-def test_real_container_run_matches_a_local_run(test_image: str, tmp_path: Path, monkeypatch) -> None:
-    from peftrepro.tasks.arithmetic import ArithmeticTask
-
+def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_path, monkeypatch) -> None:
+    """The same manifest run in the container (on the session's warm cache, mounted) gives what
+    the session's local run gave, and records where it ran: image digest, engine, no network."""
     monkeypatch.setenv("DOCKER_HOST", REAL_HOST or "")
-    monkeypatch.setenv("PEFTREPRO_CACHE", str(tmp_path / "cache"))
-    tasks.register("arithmetic", ArithmeticTask)
-    folder = tmp_path / "submissions" / "arithmetic" / "lora" / "default"
-    folder.mkdir(parents=True)
-    doc = json.loads((REPO / "submissions/arithmetic/lora/default/manifest.json").read_text())
-    doc["training"] = {"max_steps": 4, "eval_steps": 2, "batch_size": 4}
-    (folder / "manifest.json").write_text(json.dumps(doc))
-
-    def timed(*args: str) -> float:
-        t0 = time.perf_counter()
-        code, out = cli("run", str(folder), *args)
-        assert code == 0, out
-        return time.perf_counter() - t0
-
-    # The first container run fills the shared cache (model, base measurements); the next two
-    # are comparable: same work, warm cache, one in the container and one local.
-    timed("--runner", "docker", "--image", test_image)
-    t_local = timed("--runner", "local")
-    t_docker = timed("--runner", "docker", "--image", test_image)
-    first, local, second = (read_record(p) for p in list_records(folder))  # in the order they ran
+    folder = real_lora_folder(tmp_path)
+    t0 = time.perf_counter()
+    code, out = cli("run", str(folder), "--runner", "docker", "--image", test_image)
+    assert code == 0, out
+    print(f"\ncontainer run on a warm cache: {time.perf_counter() - t0:.1f} s")
+    [record] = (read_record(p) for p in list_records(folder))
+    local = real_task.record
     assert local["environment"]["runner"] == "local"
-    env = second["environment"]
+    env = record["environment"]
     assert env["runner"] == "docker" and env["container"]["repo_digest"] == test_image
     assert env["container"]["image_id"].startswith("sha256:") and env["engine"]["version"]
     assert env["os"]["network_interfaces"] == ["lo"]  # computed inside: the run had no network
     assert env["environment_sha256"] != local["environment"]["environment_sha256"]
-    for record in (first, second):
-        for key in ("test_accuracy", "forgetting", "train_loss_final", "valid_curve", "adapter_sha256"):
-            assert record["metrics"][key] == local["metrics"][key], key
-    ratio = t_docker / t_local
-    print(f"\nwarm cache: container run {t_docker:.1f} s, local run {t_local:.1f} s: ratio {ratio:.2f}")
+    for key in ("test_accuracy", "forgetting", "train_loss_final", "valid_curve", "adapter_sha256"):
+        assert record["metrics"][key] == local["metrics"][key], key
