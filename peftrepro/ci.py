@@ -190,7 +190,7 @@ def run_ci(
         elif verify:
             seed = min(sub.claims)
             echo(f"{label}: verify seed {seed}")
-            v = verify_claim(sub, seed, None, None, isolate=True)
+            v = verify_claim(sub, seed)
             if v.judgement is None:
                 row["verify"] = Outcome(FAIL, "the re-run was cancelled")
             else:

@@ -50,6 +50,53 @@ def runner_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--memory", default=None, help="Container memory limit, e.g. 8g."),
         click.option("--cpus", type=click.FloatRange(0.1, 1024), default=None, help="Container CPU limit."),
     ]
+    return _with_options(options, f)
+
+
+def executor_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--executor and its options, declared once for `run`, `verify` and `sweep`."""
+    options = [
+        click.option(
+            "--executor",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="Where the jobs run: on this machine, or as tasks on a Ray cluster.",
+        ),
+        click.option(
+            "--jobs",
+            type=click.IntRange(1, 256),
+            default=1,
+            show_default=True,
+            help="local: jobs at a time, each in its own process.",
+        ),
+        click.option(
+            "--address",
+            default="auto",
+            show_default=True,
+            help="ray: the cluster: auto (this machine's `ray start`), ray://host:port, or local "
+            "(a throw-away instance here).",
+        ),
+        click.option(
+            "--retries",
+            type=click.IntRange(0, 10),
+            default=2,
+            show_default=True,
+            help="ray: times a job is re-run when its worker or node is lost.",
+        ),
+    ]
+    return _with_options(options, f)
+
+
+def make_executor(executor: str, jobs: int, address: str, retries: int) -> Any:
+    from peftrepro.executors import get_executor
+
+    if executor == "ray" and jobs != 1:
+        _fail("--jobs is for --executor local; Ray places jobs by the resources they ask for", EXIT_BAD_INPUT)
+    return get_executor(executor, jobs=jobs, address=address, retries=retries)
+
+
+def _with_options(options: list[Callable[..., Any]], f: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         f = option(f)
     return f
@@ -127,7 +174,7 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@paths_argument
 @click.option(
     "--seed",
     type=click.IntRange(0, 2**31 - 1),
@@ -139,47 +186,87 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
     "--runs-dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Where to write the records (default: the submission's runs/ folder).",
+    help="Where to write the records (default: each submission's runs/ folder).",
 )
 @runner_options
+@executor_options
 def run(
-    path: Path,
+    paths: tuple[Path, ...],
     seed: int | None,
     seeds: list[int] | None,
     runs_dir: Path | None,
     runner: str | None,
+    executor: str,
+    jobs: int,
+    address: str,
+    retries: int,
     **docker: Any,
 ) -> None:
-    """Run one submission and write one run record per seed (local by default, or in a container)."""
+    """Run submissions and write one run record per seed (local by default, or in a container).
+
+    PATHS may be manifest files, submission folders or trees. Every manifest is checked before
+    any run starts; each run is a job in a fresh process, here (--jobs at a time) or on Ray.
+    """
+    from peftrepro.executors import Job, JobResult
     from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.runners import default_kind, get_runner
+    from peftrepro.records import RUNS_DIR
+    from peftrepro.runners import default_kind
+    from peftrepro.runners.local import land
 
     if seed is not None and seeds is not None:
         _fail("give --seed or --seeds, not both", EXIT_BAD_INPUT)
-    found = find_manifests([path])
-    if len(found) != 1:
-        _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
-    manifest = resolve(found[0])
-    plan = seeds or [manifest.training.seed if seed is None else seed]
-    # Each run in a fresh process: memory figures then carry nothing of another run or of this one.
-    run_one = get_runner(runner or default_kind(), isolate=True, **docker)
-    worst = 0
-    for s in plan:
-        click.echo(
-            f"running {manifest.task}/{manifest.method}/{manifest.name} seed {s} "
-            f"(manifest {manifest.sha256[:12]})",
-            err=True,
-        )
-        outcome = run_one(manifest, seed=s, runs_dir=runs_dir)
-        click.echo(summary_line(outcome.record))
+    if not paths:
+        _fail("name the submissions to run (manifest files, submission folders or trees)", EXIT_BAD_INPUT)
+    manifests = {m.path: m for m in map(resolve, find_manifests(paths))}
+    if not manifests:
+        _fail("no manifest.json found under " + ", ".join(map(str, paths)), EXIT_BAD_INPUT)
+    kind = runner or default_kind()
+    if kind not in ("local", "docker"):
+        _fail(f"runner {kind!r} is not available; available: local, docker", EXIT_BAD_INPUT)
+    folder_of: dict[str, Path] = {}
+    planned = []
+    for m in manifests.values():
+        for s in seeds or [m.training.seed if seed is None else seed]:
+            job = Job.for_manifest(m, seed=s, runner=kind, runner_options=docker)
+            if job.key in folder_of:
+                _fail(f"{job.rel} is named twice ({folder_of[job.key]}, {m.folder})", EXIT_BAD_INPUT)
+            folder_of[job.key] = m.folder
+            planned.append(job)
+    codes: list[int] = []
+
+    def start(job: Job, where: str) -> None:
+        note = f" on {where}" if executor == "ray" else ""
+        click.echo(f"running {job.key} (manifest {job.manifest_sha256[:12]}){note}", err=True)
+
+    def done(result: JobResult) -> None:
+        if result.status == "refused":
+            click.echo(f"error: {result.error}", err=True)
+            codes.append(EXIT_BAD_INPUT)
+            return
+        outcome = land(result, runs_dir or folder_of[result.job.key] / RUNS_DIR)
+        attempts = f" (attempts: {result.attempts})" if result.attempts > 1 else ""
+        click.echo(summary_line(outcome.record) + attempts)
         click.echo(f"record: {outcome.path}")
-        if outcome.status == "cancelled":
-            sys.exit(EXIT_CANCELLED)
-        if (outcome.record["error"] or {}).get("type") == "CheckFailed":  # same for every seed: stop
-            _fail(outcome.record["error"]["message"], EXIT_BAD_INPUT)
-        if outcome.status == "failed":
-            worst = EXIT_RUN_FAILED
-    sys.exit(worst)
+        error = outcome.record["error"] or {}
+        if error.get("type") == "CheckFailed":  # the manifest's whatever the seed: its others are skipped
+            click.echo(f"error: {error['message']}", err=True)
+            codes.append(EXIT_BAD_INPUT)
+        elif outcome.status == "cancelled":
+            codes.append(EXIT_CANCELLED)
+        elif outcome.status == "failed":
+            codes.append(EXIT_RUN_FAILED)
+
+    finished = make_executor(executor, jobs, address, retries).map(planned, start, done)
+    if len(planned) > 1:
+        click.echo(f"{len(finished)} of {len(planned)} runs recorded")
+    if len(finished) < len(planned) and not codes:
+        codes.append(EXIT_CANCELLED)
+    sys.exit(max(codes, key=_severity, default=0))
+
+
+def _severity(code: int) -> int:
+    """Which exit code a batch reports: bad input, then cancelled, then a failed run."""
+    return {EXIT_BAD_INPUT: 3, EXIT_CANCELLED: 2, EXIT_RUN_FAILED: 1}.get(code, 0)
 
 
 def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
@@ -195,7 +282,7 @@ def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[fl
 
 
 @main.command()
-@click.argument("path", type=click.Path(path_type=Path))
+@paths_argument
 @click.option("--lrs", required=True, callback=parse_lrs, help="The grid, e.g. 1e-3,3e-3,1e-2.")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
 @click.option(
@@ -206,49 +293,81 @@ def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[fl
     help="While the best rate is at an edge, train one more a grid step beyond it, up to N times.",
 )
 @click.option("--apply", is_flag=True, help="Also set the manifest's learning rate to the chosen one.")
-def sweep(path: Path, lrs: list[float], seed: int, extend: int, apply: bool) -> None:
-    """Learning-rate sweep of one submission on the validation split (never the test split).
+@executor_options
+def sweep(
+    paths: tuple[Path, ...],
+    lrs: list[float],
+    seed: int,
+    extend: int,
+    apply: bool,
+    executor: str,
+    jobs: int,
+    address: str,
+    retries: int,
+) -> None:
+    """Learning-rate sweep of submissions on the validation split (never the test split).
 
-    Trains once per rate with the submission's settings and one seed, writes PATH/sweep.json and
-    prints the table; --apply writes the chosen rate into the manifest. Rates already measured in
-    PATH/sweep.json for the same config and seed are reused, not re-trained. Ctrl-C writes nothing.
+    For each submission: trains once per rate with its settings and one seed, writes
+    <submission>/sweep.json and prints the table; --apply writes the chosen rate into the manifest.
+    Rates already measured in its sweep.json for the same config and seed are reused, not
+    re-trained. Each submission's sweep is one job (here, --jobs at a time, or on Ray); Ctrl-C
+    writes nothing for a sweep that had not finished.
     """
+    from peftrepro.executors import Job, JobResult
     from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.sweep import apply_lr, load_previous, run_sweep, write_sweep
+    from peftrepro.sweep import apply_lr, load_previous, point_line, write_sweep
 
-    found = find_manifests([path])
-    if len(found) != 1:
-        _fail(f"{path}: expected one manifest, found {len(found)}", EXIT_BAD_INPUT)
-    manifest = resolve(found[0])
-    label = f"{manifest.task}/{manifest.method}/{manifest.name}"
+    if not paths:
+        _fail("name the submissions to sweep (manifest files, submission folders or trees)", EXIT_BAD_INPUT)
+    manifests: dict[str, Any] = {}
+    planned = []
+    for m in map(resolve, find_manifests(paths)):
+        spec = {"lrs": lrs, "extend": extend, "previous": load_previous(m.folder)}
+        job = Job.for_manifest(m, seed=seed, sweep=spec)
+        if job.key in manifests:
+            _fail(f"{job.rel} is named twice ({manifests[job.key].folder}, {m.folder})", EXIT_BAD_INPUT)
+        manifests[job.key] = m
+        planned.append(job)
+    if not planned:
+        _fail("no manifest.json found under " + ", ".join(map(str, paths)), EXIT_BAD_INPUT)
+    codes: list[int] = []
 
-    previous = load_previous(manifest.folder)
+    def start(job: Job, where: str) -> None:
+        note = f" on {where}" if executor == "ray" else ""
+        click.echo(f"sweeping {job.rel} over lr {', '.join(f'{x:g}' for x in lrs)}{note}", err=True)
 
-    def show(point: dict[str, Any]) -> None:
-        if point["status"] == "success":
-            click.echo(
-                f"{label} lr {point['lr']:g}: valid {point['valid_final']:.3f}, "
-                f"mean {point['valid_mean']:.3f}"
-            )
-        else:
-            click.echo(f"{label} lr {point['lr']:g}: failed ({point['error']})")
+    def done(result: JobResult) -> None:
+        manifest, label = manifests[result.job.key], result.job.rel
+        if result.status == "refused":
+            click.echo(f"error: {result.error}", err=True)
+            codes.append(EXIT_BAD_INPUT)
+            return
+        if result.record is None:  # cancelled (or its process died): nothing written
+            click.echo(f"{label}: {result.error or result.status}: no sweep written", err=True)
+            codes.append(EXIT_CANCELLED if result.status == "cancelled" else EXIT_RUN_FAILED)
+            return
+        record = result.record
+        for point in record["points"]:
+            click.echo(point_line(label, point))
+        out = write_sweep(manifest.folder, record)
+        if record["chosen_lr"] is None:
+            click.echo(f"{label}: every rate failed; see {out}", err=True)
+            codes.append(EXIT_RUN_FAILED)
+            return
+        edge = " (still at the edge of the rates tried: widen the grid)" if record["at_grid_edge"] else ""
+        if record["reused_lrs"]:
+            reused = ", ".join(f"{x:g}" for x in record["reused_lrs"])
+            click.echo(f"{label}: reused from the previous sweep.json: lr {reused}")
+        click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
+        if apply and apply_lr(manifest, record["chosen_lr"]):
+            click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")
+        elif apply:
+            click.echo(f"{manifest.path}: already uses lr {record['chosen_lr']:g}; unchanged")
 
-    try:
-        record = run_sweep(manifest, lrs, seed=seed, extend=extend, previous=previous, on_point=show)
-    except KeyboardInterrupt:
-        _fail("interrupted: no sweep written", EXIT_CANCELLED)
-    out = write_sweep(manifest.folder, record)
-    if record["chosen_lr"] is None:
-        _fail(f"{label}: every rate failed; see {out}", EXIT_RUN_FAILED)
-    edge = " (still at the edge of the rates tried: widen the grid)" if record["at_grid_edge"] else ""
-    if record["reused_lrs"]:
-        reused = ", ".join(f"{x:g}" for x in record["reused_lrs"])
-        click.echo(f"{label}: reused from the previous sweep.json: lr {reused}")
-    click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
-    if apply and apply_lr(manifest, record["chosen_lr"]):
-        click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")
-    elif apply:
-        click.echo(f"{manifest.path}: already uses lr {record['chosen_lr']:g}; unchanged")
+    finished = make_executor(executor, jobs, address, retries).map(planned, start, done)
+    if len(finished) < len(planned) and not codes:
+        codes.append(EXIT_CANCELLED)
+    sys.exit(max(codes, key=_severity, default=0))
 
 
 @main.command()
@@ -259,6 +378,7 @@ def sweep(path: Path, lrs: list[float], seed: int, extend: int, apply: bool) -> 
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Re-run this claimed seed.")
 @submissions_option
 @runner_options
+@executor_options
 def verify(
     paths: tuple[Path, ...],
     all_: bool,
@@ -267,6 +387,10 @@ def verify(
     seed: int | None,
     root: Path,
     runner: str | None,
+    executor: str,
+    jobs: int,
+    address: str,
+    retries: int,
     **docker: Any,
 ) -> None:
     """Re-run submissions' claimed records and judge them under each task's tolerance policy.
@@ -276,7 +400,14 @@ def verify(
     """
     from peftrepro.collect import Submission
     from peftrepro.compare import VERDICTS
-    from peftrepro.verify import Verification, changed_submissions, report, select, verify_all
+    from peftrepro.verify import (
+        Verification,
+        changed_submissions,
+        report,
+        seeds_to_check,
+        select,
+        verify_all,
+    )
 
     if seed is not None and all_seeds:
         _fail("give --seed or --all-seeds, not both", EXIT_BAD_INPUT)
@@ -307,19 +438,33 @@ def verify(
         click.echo("nothing to verify")
         return
 
-    def start(sub: Submission, s: int, claim: Path) -> None:
-        click.echo(f"{sub.label} seed {s}: re-running the claim {claim}", err=True)
+    def start(sub: Submission, s: int, claim: Path, where: str) -> None:
+        note = f" on {where}" if executor == "ray" else ""
+        click.echo(f"{sub.label} seed {s}: re-running the claim {claim}{note}", err=True)
 
     def done(v: Verification) -> None:
+        if v.error is not None:
+            click.echo(f"error: {v.error}", err=True)
+            return
         click.echo(f"{v.submission} seed {v.seed}:")
         click.echo(report(v))
 
+    planned = sum(len(seeds_to_check(s, all_seeds=all_seeds, seed=seed)) for s in subs)
     results = verify_all(
-        subs, all_seeds=all_seeds, seed=seed, runner=runner, options=docker, on_start=start, on_done=done
+        subs,
+        all_seeds=all_seeds,
+        seed=seed,
+        runner=runner,
+        options=docker,
+        executor=make_executor(executor, jobs, address, retries),
+        on_start=start,
+        on_done=done,
     )
     counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
     click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    if any(v.judgement is None for v in results):
+    if any(v.error is not None for v in results):
+        sys.exit(EXIT_BAD_INPUT)
+    if len(results) < planned or any(v.judgement is None for v in results):
         sys.exit(EXIT_CANCELLED)
     sys.exit(0 if counts["reproduced"] == len(results) else 1)
 

@@ -34,6 +34,13 @@ SELECTION = (
 )
 
 
+def point_line(label: str, point: dict[str, Any]) -> str:
+    """One progress line per trained rate."""
+    if point["status"] == "success":
+        return f"{label} lr {point['lr']:g}: valid {point['valid_final']:.3f}, mean {point['valid_mean']:.3f}"
+    return f"{label} lr {point['lr']:g}: failed ({point['error']})"
+
+
 def swept_config_sha256(config: dict[str, Any]) -> str:
     """The resolved config's identity with the learning rate taken out: what the sweep varied."""
     stripped = json.loads(json.dumps(config))

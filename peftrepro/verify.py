@@ -9,7 +9,6 @@ record is judged against the claim (compare.py) and both go into `verifications/
 from __future__ import annotations
 
 import secrets
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,11 +19,11 @@ from peftrepro import __version__, schemas
 from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_submission
 from peftrepro.compare import Judgement, judge
 from peftrepro.errors import RecordError, UsageError
+from peftrepro.executors import Executor, Job, JobResult
 from peftrepro.jsonio import pretty_bytes, write_new_file
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import new_run_id, timestamp, utc_now
-from peftrepro.runners import get_runner
 from peftrepro.tasks import get_task
 
 VERIFICATION_SCHEMA_VERSION = 1
@@ -35,8 +34,9 @@ class Verification:
     submission: str
     seed: int
     claim_path: Path
-    judgement: Judgement | None  # None when the re-run was cancelled: nothing judged, nothing written
+    judgement: Judgement | None  # None when the re-run was cancelled or refused: nothing written
     path: Path | None
+    error: str | None = None  # the re-run was refused before it ran (one line)
 
 
 def changes_since(root: Path, ref: str) -> dict[Path, str]:
@@ -98,38 +98,43 @@ def seeds_to_check(sub: Submission, *, all_seeds: bool, seed: int | None) -> lis
     return seeds if all_seeds else [secrets.choice(seeds)]
 
 
-def verify_claim(
-    sub: Submission,
-    seed: int,
-    runner: str | None = None,
-    options: dict[str, Any] | None = None,
-    isolate: bool = False,
-) -> Verification:
-    """Re-run one claimed seed and write the verification next to the submission's records.
-    The runner kind is the claim's unless `runner` says otherwise; a docker claim is re-run in
-    the image it names (by repo digest when it has one)."""
+def claim_job(sub: Submission, seed: int, runner: str | None, options: dict[str, Any] | None) -> Job:
+    """The re-run of one claimed seed, as a job. The runner kind is the claim's unless `runner`
+    says otherwise; a docker claim is re-run in the image it names (by repo digest when it has one)."""
     assert sub.manifest is not None
-    claim = sub.claims[seed]
-    env = claim.data["environment"]
+    env = sub.claims[seed].data["environment"]
     kind = runner or env.get("runner", "local")
     opts = dict(options or {})
     container = env.get("container") or {}
     if kind == "docker" and not opts.get("image") and container:
         digest = container.get("repo_digest")
         opts["image"] = digest if digest and digest != "unpinned" else container.get("image")
-    run = get_runner(kind, isolate=isolate, **opts)
-    started = utc_now()
-    with tempfile.TemporaryDirectory(prefix="peftrepro-verify-") as tmp:
-        outcome = run(sub.manifest, seed=seed, runs_dir=Path(tmp))
-    if outcome.status == "cancelled":
+    return Job.for_manifest(sub.manifest, seed=seed, runner=kind, runner_options=opts)
+
+
+def judge_rerun(sub: Submission, seed: int, result: JobResult, started: datetime) -> Verification:
+    """Judge a re-run against its claim and write the verification next to the submission's records."""
+    assert sub.manifest is not None
+    claim = sub.claims[seed]
+    if result.status == "refused":
+        return Verification(sub.label, seed, claim.path, None, None, error=result.error)
+    if result.status == "cancelled" or result.record is None:
         return Verification(sub.label, seed, claim.path, None, None)
     policy = get_task(sub.manifest.task).verification
-    judgement = judge(claim.data, outcome.record, policy)
-    record = build_verification(claim.data, claim.sha256, outcome.record, judgement, policy, started)
+    judgement = judge(claim.data, result.record, policy)
+    record = build_verification(claim.data, claim.sha256, result.record, judgement, policy, started)
     path = sub.folder / VERIFICATIONS_DIR / f"{record['verification_id']}.json"
     schemas.check(record, schemas.VERIFICATION, str(path), RecordError)
     write_new_file(path, pretty_bytes(record))
     return Verification(sub.label, seed, claim.path, judgement, path)
+
+
+def verify_claim(sub: Submission, seed: int) -> Verification:
+    """Re-run one claimed seed here (a fresh process) and write its verification."""
+    [v] = verify_all([sub], all_seeds=False, seed=seed, runner=None)
+    if v.error is not None:
+        raise UsageError(v.error)
+    return v
 
 
 def build_verification(
@@ -166,19 +171,34 @@ def verify_all(
     seed: int | None,
     runner: str | None,
     options: dict[str, Any] | None = None,
-    on_start: Callable[[Submission, int, Path], None],
-    on_done: Callable[[Verification], None],
+    executor: Executor | None = None,
+    on_start: Callable[[Submission, int, Path, str], None] = lambda sub, s, claim, where: None,
+    on_done: Callable[[Verification], None] = lambda v: None,
 ) -> list[Verification]:
-    """Verify each submission in turn; stops at the first cancelled re-run."""
-    plan = [(sub, s) for sub in subs for s in seeds_to_check(sub, all_seeds=all_seeds, seed=seed)]
+    """Re-run the chosen seeds of each submission on `executor` (default: here, one at a time) and
+    judge each re-run as it comes back. A signal stops the batch: re-runs not started are skipped."""
+    from peftrepro.executors.local import LocalExecutor
+
+    plan = {}
+    for sub in subs:
+        for s in seeds_to_check(sub, all_seeds=all_seeds, seed=seed):
+            job = claim_job(sub, s, runner, options)
+            plan[job.key] = (sub, s, job)
+    started: dict[str, datetime] = {}
     results = []
-    for sub, s in plan:
-        on_start(sub, s, sub.claims[s].path)
-        v = verify_claim(sub, s, runner, options, isolate=True)
+
+    def begin(job: Job, where: str) -> None:
+        sub, s, _ = plan[job.key]
+        started[job.key] = utc_now()
+        on_start(sub, s, sub.claims[s].path, where)
+
+    def done(result: JobResult) -> None:
+        sub, s, _ = plan[result.job.key]
+        v = judge_rerun(sub, s, result, started.get(result.job.key, utc_now()))
         results.append(v)
         on_done(v)
-        if v.judgement is None:
-            break
+
+    (executor or LocalExecutor(1)).map([job for _, _, job in plan.values()], begin, done)
     return results
 
 

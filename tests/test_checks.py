@@ -226,7 +226,9 @@ def test_run_refuses_a_broken_adapter_before_training(write_manifest) -> None:
     path = write_manifest({"peft_config": {"peft_type": "LORA", "r": 4, "init_lora_weights": False}})
     result = CliRunner().invoke(main, ["run", str(path), "--seeds", "0,1"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1].startswith(f"error: {path}: structural check of lora")
+    [error] = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error.startswith(f"error: {path}: structural check of lora")
+    assert "1 of 2 runs recorded" in result.output
     [record_file] = list_records(path.parent)  # the first seed only: the checks do not depend on it
     record = read_record(record_file)
     assert record["status"] == "failed" and record["error"]["type"] == "CheckFailed"

@@ -188,10 +188,12 @@ def test_lora_fa_trains_lora_b_only(write_manifest) -> None:
     assert outcome.record["metrics"]["trainable_params"] == sum(trained[k].numel() for k in b_keys)
 
 
-def test_run_refuses_a_folder_without_one_manifest(tmp_path: Path) -> None:
+def test_run_refuses_a_folder_without_a_manifest(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(tmp_path)])
     assert result.exit_code == 2
-    assert "expected one manifest, found 0" in result.stderr
+    assert result.stderr == f"error: no manifest.json found under {tmp_path}\n"
+    result = CliRunner().invoke(main, ["run"])
+    assert result.exit_code == 2 and result.stderr.startswith("error: name the submissions to run")
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1
 

@@ -18,13 +18,13 @@ def default_kind() -> str:
     return os.environ.get("PEFTREPRO_RUNNER", "local")
 
 
-def get_runner(kind: str, isolate: bool = False, **options: Any) -> Callable[..., Any]:
-    """`isolate`: the caller runs more than one job; local runs then each get a fresh process
-    (a container already is one)."""
+def get_runner(kind: str, **options: Any) -> Callable[..., Any]:
+    """The runner in this process: `run_local` here, or `run_docker`. The CLI runs each job in a
+    fresh process first (executors/), so a local run never shares one with another run."""
     if kind == "local":
-        from peftrepro.runners.local import run_isolated, run_local
+        from peftrepro.runners.local import run_local
 
-        return run_isolated if isolate else run_local
+        return run_local
     if kind == "docker":
         from peftrepro.runners.docker import DockerOptions, run_docker
 

@@ -21,20 +21,13 @@ from types import FrameType
 from typing import Any
 
 from peftrepro.errors import PeftreproError, RunCancelled, RunFailed
+from peftrepro.executors import JobResult
 from peftrepro.job import SAMPLES_FILE, execute, preflight
 from peftrepro.jsonio import write_new_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import adapter_dir
-from peftrepro.records import (
-    RUNS_DIR,
-    RunResult,
-    build_record,
-    new_run_id,
-    read_record,
-    utc_now,
-    write_record,
-)
+from peftrepro.records import RUNS_DIR, RunResult, build_record, new_run_id, utc_now, write_record
 from peftrepro.tasks import get_task
 
 
@@ -154,87 +147,33 @@ def allocator_environment() -> Iterator[None]:
 def run_isolated(
     manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
 ) -> RunOutcome:
-    """`run_local` in a fresh child process: what the CLI's `run` and `verify` use. On the CPU
-    tracks memory is the process's RSS, and a second run in the same process measured 8-14% more
-    than the same run alone (what the first run left resident); a run inside a larger host process
-    (a test session) measured +44%. The child gets the parent's task registration (the factory is
-    pickled), so local stand-ins carry over. The child starts with ALLOCATOR_ENV (see measure.py)."""
-    import multiprocessing
+    """`run_local` in a fresh child process (the local executor with one job): what the CLI's `run`
+    and `verify` use. On the CPU tracks memory is the process's RSS, and a second run in the same
+    process measured 8-14% more than the same run alone (what the first run left resident); a run
+    inside a larger host process (a test session) measured +44%. The child gets the parent's task
+    registration (the factory is pickled), so local stand-ins carry over, and starts with
+    ALLOCATOR_ENV (see measure.py)."""
+    from peftrepro.executors import Job
+    from peftrepro.executors.local import LocalExecutor
 
-    from peftrepro.tasks import task_factory
-
-    runs_dir = runs_dir or manifest.folder / RUNS_DIR
-    ctx = multiprocessing.get_context("spawn")
-    receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(
-        target=_child,
-        args=(
-            str(manifest.path),
-            manifest.task,
-            task_factory(manifest.task),
-            seed,
-            str(runs_dir),
-            progress,
-            send,
-        ),
-        name="peftrepro-run",
-    )
-    started, signals = utc_now(), []
-
-    def forward(signum: int, frame: FrameType | None) -> None:
-        signals.append(signal.Signals(signum).name)
-        if child.pid is not None:
-            os.kill(child.pid, signum)
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with allocator_environment():
-            child.start()
-        send.close()
-        child.join()
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-    message = receive.recv() if receive.poll() else None
-    if isinstance(message, tuple) and message[0] == "record":
-        record = read_record(Path(message[1]))
-        return RunOutcome(record["status"], record, Path(message[1]))
-    if isinstance(message, tuple) and message[0] == "error":
-        raise PeftreproError(message[1])
-    status = "cancelled" if signals else "failed"
-    error = (
-        {"type": "RunCancelled", "message": f"stopped by {signals[0]}"}
-        if signals
-        else {
-            "type": "ChildExited",
-            "message": f"the run's process exited with code {child.exitcode} and no record",
-        }
-    )
-    result = RunResult(status, {"steps_completed": 0}, {"runner": "local"}, error)
-    return write_outcome(manifest, runs_dir, seed=seed, started=started, result=result)
+    del progress  # a child's progress bar follows its own terminal
+    job = Job.for_manifest(manifest, seed=seed)
+    [result] = LocalExecutor(1).map([job], lambda j, w: None, lambda r: None)
+    return land(result, runs_dir or manifest.folder / RUNS_DIR)
 
 
-def _child(
-    manifest_path: str,
-    task: str,
-    factory: Any,
-    seed: int,
-    runs_dir: str,
-    progress: bool | None,
-    send: Any,
-) -> None:
-    from peftrepro.manifest import resolve
-    from peftrepro.tasks import register
-
-    register(task, factory)
-    try:
-        outcome = run_local(
-            resolve(Path(manifest_path)), seed=seed, runs_dir=Path(runs_dir), progress=progress
-        )
-    except PeftreproError as e:
-        send.send(("error", e.message))
-        return
-    send.send(("record", str(outcome.path)))
+def land(result: JobResult, runs_dir: Path) -> RunOutcome:
+    """Write a run job's record (and its sample grid) where it belongs, on the driver: atomically,
+    under a new name. A job refused before any record raises its one-line error."""
+    if result.record is None:
+        raise PeftreproError(result.error or f"{result.job.key}: the job returned no record")
+    path = write_record(runs_dir, result.record)
+    if ".png" in result.files:
+        data = result.files[".png"]
+        if hashlib.sha256(data).hexdigest() != result.record["metrics"].get("samples_sha256"):
+            raise RunFailed(f"{path}: the sample grid that came back does not match the record's hash")
+        write_new_file(path.with_suffix(".png"), data)
+    return RunOutcome(result.status, result.record, path)
 
 
 def _partial(state: dict[str, Any], status: str, error: dict[str, str]) -> RunResult:

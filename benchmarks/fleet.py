@@ -1,0 +1,136 @@
+"""The executors at small scale: 16 tiny jobs, local with 1 and 2 processes, and Ray on this machine.
+
+Each job is a real run (the tests' tiny stand-in of the `arithmetic` model, one thread, 30 steps)
+in a fresh process, as every executor runs it. Prints the wall time of each executor, the ratios,
+and Ray's overhead per job against the local executor at the same parallelism; checks that the
+three sets of records measured the same (scores, curve, adapter bytes).
+
+    .venv/bin/python benchmarks/fleet.py [--jobs 16] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tiny
+
+from peftrepro.executors import Job, JobResult, get_executor
+from peftrepro.manifest import resolve
+from peftrepro.runners.local import land
+from peftrepro.tasks import register
+from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource
+
+SAME = ("test_accuracy", "forgetting", "valid_curve", "train_loss_final", "adapter_sha256")
+
+
+class OneThreadTask(ArithmeticTask):
+    """One thread per job, so two jobs share the two cores of a CI-sized machine."""
+
+    num_threads = 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args()
+    from tests.tiny import build_tiny_model
+
+    root = Path(tempfile.mkdtemp(prefix="peftrepro-fleet-"))
+    os.environ["PEFTREPRO_CACHE"] = str(root / "cache")
+    model = build_tiny_model(root / "tiny")
+    register("arithmetic", functools.partial(OneThreadTask, LocalDirSource(model, GGUFSource.model_id)))
+    folder = root / "submissions" / "arithmetic" / "lora" / "tiny"
+    folder.mkdir(parents=True)
+    manifest = {
+        "schema_version": 1,
+        "task": "arithmetic",
+        "method": "lora",
+        "name": "tiny",
+        "title": "LoRA on the tiny stand-in",
+        "authors": ["benchmarks"],
+        "description": "The fleet benchmark's job: a short run on the tests' tiny stand-in model.",
+        "peft_config": {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "training": {"max_steps": args.steps, "eval_steps": args.steps, "batch_size": 4, "warmup_steps": 1},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    resolved = resolve(folder / "manifest.json")
+    jobs = [Job.for_manifest(resolved, seed=s) for s in range(args.jobs)]
+    get_executor("local").map(jobs[:1], lambda j, w: None, lambda r: None)  # warm the base-model cache
+
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = 46000 + os.getpid() % 1000
+    t0 = time.perf_counter()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    subprocess.run(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            f"--port={port}",
+            f"--num-cpus={os.cpu_count()}",
+            "--num-gpus=0",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    ray_start = time.perf_counter() - t0
+    walls: dict[str, float] = {}
+    records: dict[str, dict[int, dict]] = {}
+    try:
+        for label, executor in (
+            ("local, 1 process", get_executor("local", jobs=1)),
+            ("local, 2 processes", get_executor("local", jobs=2)),
+            ("ray, this machine", get_executor("ray", address=f"127.0.0.1:{port}")),
+        ):
+            runs = root / "runs" / label.replace(" ", "").replace(",", "-")
+            got: dict[int, dict] = {}
+
+            def keep(result: JobResult, runs: Path = runs, got: dict[int, dict] = got) -> None:
+                got[result.job.seed] = land(result, runs).record
+
+            t0 = time.perf_counter()
+            executor.map(jobs, lambda j, w: None, keep)
+            walls[label] = time.perf_counter() - t0
+            records[label] = got
+            print(f"{label}: {len(got)} jobs in {walls[label]:.1f} s", flush=True)
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)
+
+    base = records["local, 1 process"]
+    same = all(
+        sorted(r) == sorted(base)
+        and all(r[s]["metrics"][k] == base[s]["metrics"][k] for s in base for k in SAME)
+        for r in records.values()
+    )
+    one, two, ray = walls["local, 1 process"], walls["local, 2 processes"], walls["ray, this machine"]
+    per_job = sum(b["metrics"]["total_seconds"] for b in base.values()) / len(base)
+    print()
+    print(f"machine: {os.cpu_count()} CPUs; {args.jobs} jobs of {args.steps} steps ({per_job:.1f} s each)")
+    print(f"local 2 processes / local 1 process: {two / one:.2f} (wall)")
+    print(f"ray / local 2 processes:             {ray / two:.2f} (wall)")
+    print(f"ray / local 1 process:               {ray / one:.2f} (wall)")
+    print(f"ray overhead per job at 2 at a time: {(ray - two) * 2 / args.jobs:+.2f} s")
+    print(f"ray cluster start (not in the above): {ray_start:.1f} s")
+    print(f"records measured the same under all three: {'yes' if same else 'NO'}")
+    if not same:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

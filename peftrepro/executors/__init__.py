@@ -1,0 +1,172 @@
+"""Executors: where a batch of jobs runs. A job is one run (a manifest and a seed: what `run` does,
+and what `verify` re-runs) or one submission's learning-rate sweep.
+
+Every job runs the same way wherever it lands: in a fresh process (memory figures carry nothing of
+another job), from the manifest's bytes that travel with it, through the runner it names (local or
+docker), into a private work folder. Its result (the record, and its sample grid) comes back to the
+driver, which is the only place records are written: atomically, as each job finishes (the caller's
+`on_done`), so the same manifests and seeds give the same records whatever executed them.
+
+- `local` (executors/local.py): up to N jobs at a time, each a child process of this one;
+- `ray` (executors/ray_fleet.py): each job a Ray task asking for the resources its task needs,
+  run on a worker node by the same local code.
+"""
+
+from __future__ import annotations
+
+import signal
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from peftrepro.errors import UsageError
+from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
+from peftrepro.records import RunResult, build_record, new_run_id, utc_now
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one job needs, self-contained: it may execute on another machine."""
+
+    kind: str  # "run" | "sweep"
+    key: str  # unique in its batch, shown in progress lines: "task/method/name seed N"
+    rel: str  # "task/method/name": where the manifest sits in a submissions tree
+    origin: str  # the manifest's path on the driver: used in place where it exists with these bytes
+    manifest: bytes  # the manifest file, byte for byte
+    manifest_sha256: str  # of its canonical form, as records name it
+    seed: int
+    task_factory: Callable[[], Any]  # the task's registration, pickled along (local stand-ins carry over)
+    needs_gpu: bool
+    cpus: int  # CPU tracks: the task's pinned thread count; GPU tracks: 1 (the GPU is what is scarce)
+    runner: str = "local"
+    runner_options: dict[str, Any] = field(default_factory=dict)
+    sweep: dict[str, Any] | None = None  # {"lrs", "extend", "previous"} for a sweep job
+
+    @classmethod
+    def for_manifest(
+        cls,
+        manifest: ResolvedManifest,
+        *,
+        seed: int,
+        runner: str = "local",
+        runner_options: dict[str, Any] | None = None,
+        sweep: dict[str, Any] | None = None,
+    ) -> Job:
+        from peftrepro.tasks import get_task, task_factory
+
+        task = get_task(manifest.task)
+        return cls(
+            kind="run" if sweep is None else "sweep",
+            key=f"{manifest.task}/{manifest.method}/{manifest.name} seed {seed}",
+            rel=f"{manifest.task}/{manifest.method}/{manifest.name}",
+            origin=str(manifest.path),
+            manifest=manifest.path.read_bytes(),
+            manifest_sha256=manifest.sha256,
+            seed=seed,
+            task_factory=task_factory(manifest.task),
+            needs_gpu=task.accelerator == "cuda",
+            cpus=1 if task.accelerator == "cuda" else task.num_threads,
+            runner=runner,
+            runner_options={k: v for k, v in (runner_options or {}).items() if v is not None},
+            sweep=sweep,
+        )
+
+    def materialize(self, root: Path) -> ResolvedManifest:
+        """The manifest, resolved: at its origin when this machine has it unchanged (messages then
+        name the file the user knows), else written into a submissions tree under `root`. This
+        process must have the job's task registered."""
+        from peftrepro.manifest import resolve
+
+        origin = Path(self.origin)
+        if origin.is_file() and origin.read_bytes() == self.manifest:
+            return resolve(origin)
+        path = root / "submissions" / self.rel / MANIFEST_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.manifest)
+        return resolve(path)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What came back. `status` is the record's (success | failed | cancelled), or `refused` when
+    the job's input was refused before any record existed (`error` says why, in one line)."""
+
+    job: Job
+    status: str
+    record: dict[str, Any] | None  # the run record or the sweep record; None when refused or cancelled sweep
+    files: dict[str, bytes] = field(default_factory=dict)  # beside the record: {".png": sample grid}
+    error: str | None = None
+    attempts: int = 1
+    where: str = ""  # the host (and worker) that ran it, for progress lines
+
+
+def unrecorded(job: Job, status: str, error: dict[str, str], *, runner: str, attempts: int = 1) -> JobResult:
+    """The driver's record of a run job that ended without one (its process or worker died, or it
+    was stopped before it could write): what is known, nothing measured."""
+    if job.kind != "run":
+        return JobResult(job, status, None, error=error["message"], attempts=attempts)
+    from peftrepro.tasks import get_task, register, task_names
+
+    if job.rel.split("/")[0] not in task_names():
+        register(job.rel.split("/")[0], job.task_factory)
+    with tempfile.TemporaryDirectory(prefix="peftrepro-job-") as tmp:
+        manifest = job.materialize(Path(tmp))
+    now = utc_now()
+    record = build_record(
+        manifest,
+        task_version=get_task(manifest.task).version,
+        run_id=new_run_id(job.seed, now),
+        seed=job.seed,
+        started=now,
+        finished=now,
+        result=RunResult(status, {"steps_completed": 0}, {"runner": runner}, error),
+    )
+    return JobResult(job, status, record, error=error["message"], attempts=attempts)
+
+
+def fails_every_seed(result: JobResult) -> bool:
+    """A failed structural check is the manifest's, whatever the seed: its other seeds need not run."""
+    return result.record is not None and (result.record.get("error") or {}).get("type") == "CheckFailed"
+
+
+@contextmanager
+def signals_to(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM go to `handler` while a batch runs, then back to what they were. Only
+    the main thread may set handlers; elsewhere the executors treat a KeyboardInterrupt alike."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+OnStart = Callable[[Job, str], None]  # (job, where it started: host, attempt)
+OnDone = Callable[[JobResult], None]
+
+
+class Executor(Protocol):
+    def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
+        """Run the jobs; call on_done with each result as it arrives; return them all. On SIGINT or
+        SIGTERM no job starts any more, running ones end with a `cancelled` result, and map returns
+        what came back (jobs never started are absent)."""
+        ...
+
+
+def get_executor(name: str, *, jobs: int = 1, address: str | None = None, retries: int = 2) -> Executor:
+    if name == "local":
+        from peftrepro.executors.local import LocalExecutor
+
+        return LocalExecutor(jobs)
+    if name == "ray":
+        from peftrepro.executors.ray_fleet import RayExecutor
+
+        return RayExecutor(address or "auto", retries=retries)
+    raise UsageError(f"executor {name!r} is not available; available: {', '.join(EXECUTORS)}")

@@ -1,0 +1,203 @@
+"""The Ray executor: each job a Ray task on an existing cluster, not a scheduler of our own.
+
+- Resources: a GPU track's job asks for one GPU (`num_gpus=1`), a CPU track's for its task's pinned
+  thread count in CPUs; Ray places it on a node that has them, or queues it.
+- On the worker the job runs through the local executor: a fresh process, the runner it names
+  (local, or docker on that node), a private work folder. The record comes back as the task's
+  return value and is written on the driver, atomically, as it arrives.
+- A worker or node lost mid-job (killed, preempted, out of memory) is retried by Ray up to
+  `retries` more times; after that the driver writes a `failed` record that says so. A job that
+  fails on its own (a NaN, a failed check) is not retried: its `failed` record is the result.
+- Ctrl-C (or SIGTERM) on the driver cancels every outstanding task: queued ones never start,
+  running ones get SIGINT and end with their `cancelled` record, returned like any other.
+
+A small actor (`_Tracker`) hears each job start (host, worker pid, attempt): progress lines, the
+attempt count of a lost job, and whether a cancelled job had started.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections.abc import Sequence
+from dataclasses import replace
+from types import FrameType
+from typing import Any
+
+from peftrepro.errors import UsageError
+from peftrepro.executors import Job, JobResult, OnDone, OnStart, fails_every_seed, signals_to, unrecorded
+
+RAY_MISSING = "the ray executor needs Ray, which is not installed: pip install 'peftrepro[ray]'"
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(RAY_MISSING) from None
+    return ray
+
+
+class _Tracker:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int]] = []
+
+    def started(self, key: str, where: str, pid: int) -> None:
+        self.events.append((key, where, pid))
+
+    def since(self, n: int) -> list[tuple[str, str, int]]:
+        return self.events[n:]
+
+
+def _on_worker(job: Job, tracker: Any) -> JobResult:
+    from peftrepro.executors.local import LocalExecutor
+
+    where = f"{socket.gethostname()} (worker pid {os.getpid()})"
+    # Not waited on: a task blocked in ray.get lends its CPUs to the next task (oversubscription).
+    tracker.started.remote(job.key, where, os.getpid())
+    results = LocalExecutor(1).map([job], lambda j, w: None, lambda r: None)
+    if not results:  # cancelled between the start above and the child's start
+        stopped = {"type": "RunCancelled", "message": "stopped by SIGINT"}
+        return unrecorded(job, "cancelled", stopped, runner=job.runner)
+    return replace(results[0], where=where)
+
+
+def reachable(address: str) -> None:
+    """A `host:port` or `ray://host:port` that refuses connections is said at once (Ray itself
+    retries for minutes before it gives up)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # auto, local: Ray finds (or starts) the cluster itself
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as e:
+        raise UsageError(
+            f"no Ray cluster at --address {address}: {e.strerror or e} (start one with `ray start "
+            "--head`, or use --address local for a throw-away instance on this machine)"
+        ) from None
+
+
+def connect(ray: Any, address: str) -> None:
+    """`auto`: the cluster this machine belongs to (`ray start`); `ray://host:port`: a remote
+    one through Ray Client; `local`: a throw-away instance sized to this machine."""
+    import logging
+
+    if ray.is_initialized():
+        return
+    reachable(address)
+    try:
+        ray.init(
+            address=None if address == "local" else address,
+            logging_level=logging.ERROR,
+            log_to_driver=False,
+            include_dashboard=False,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(
+            f"no Ray cluster at --address {address}: {first} (start one with `ray start --head`, "
+            "or use --address local for a throw-away instance on this machine)"
+        ) from None
+
+
+def check_feasible(ray: Any, jobs: Sequence[Job]) -> None:
+    """Refuse, before anything is queued, a job that no node of the cluster can hold: Ray would
+    keep it pending forever (a cluster that adds nodes on demand is not planned for here)."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for job in jobs:
+        need = {"CPU": job.cpus, "GPU": 1 if job.needs_gpu else 0}
+        if not any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+            largest = max(((n.get("CPU", 0), n.get("GPU", 0)) for n in nodes), default=(0, 0))
+            raise UsageError(
+                f"{job.key}: no node of the Ray cluster has {need['CPU']} CPU(s) and {need['GPU']} GPU(s) "
+                f"free to give (the largest has {largest[0]:g} CPUs, {largest[1]:g} GPUs)"
+            )
+
+
+class RayExecutor:
+    def __init__(self, address: str = "auto", retries: int = 2) -> None:
+        self.address = address
+        self.retries = retries
+
+    def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
+        ray = _import_ray()
+        connect(ray, self.address)
+        try:
+            check_feasible(ray, jobs)
+            return self._map(ray, jobs, on_start, on_done)
+        finally:
+            ray.shutdown()  # disconnects this driver; a cluster it joined keeps running
+
+    def _map(self, ray: Any, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
+        tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        remote = ray.remote(_on_worker)
+        by_key = {job.key: job for job in jobs}
+        refs = {
+            remote.options(
+                num_cpus=job.cpus,
+                num_gpus=1 if job.needs_gpu else 0,
+                max_retries=self.retries,
+                retry_exceptions=False,
+                name=job.key,
+            ).remote(job, tracker): job
+            for job in jobs
+        }
+        starts: dict[str, list[str]] = {}
+        seen = 0
+        signals: list[str] = []
+        cancelled = 0  # how many times the outstanding tasks were cancelled (twice: forced)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            signals.append(signal.Signals(signum).name)
+
+        results: list[JobResult] = []
+        with signals_to(stop):
+            while refs:
+                if len(signals) > cancelled:  # first signal: SIGINT to running jobs; second: kill them
+                    cancelled += 1
+                    for ref in refs:
+                        ray.cancel(ref, force=cancelled > 1)
+                done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.5, fetch_local=False)
+                for key, where, _pid in ray.get(tracker.since.remote(seen)):
+                    seen += 1
+                    starts.setdefault(key, []).append(where)
+                    attempt = len(starts[key])
+                    on_start(by_key[key], where + (f", attempt {attempt}" if attempt > 1 else ""))
+                for ref in done:
+                    job = refs.pop(ref)
+                    result = self._settle(ray, ref, job, starts.get(job.key, []), signals)
+                    if result is None:
+                        continue
+                    results.append(result)
+                    if fails_every_seed(result):
+                        for other, queued in refs.items():
+                            if queued.manifest == job.manifest and queued.key not in starts:
+                                ray.cancel(other)
+                    on_done(result)
+        return results
+
+    @staticmethod
+    def _settle(ray: Any, ref: Any, job: Job, starts: list[str], signals: list[str]) -> JobResult | None:
+        from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+        attempts = max(1, len(starts))
+        try:
+            result: JobResult = ray.get(ref)
+            return replace(result, attempts=attempts)
+        except TaskCancelledError:
+            if not starts:
+                return None  # cancelled while queued: it never ran, nothing to record
+            why = f"stopped by {signals[0] if signals else 'SIGINT'}"
+            return unrecorded(job, "cancelled", {"type": "RunCancelled", "message": why}, runner=job.runner)
+        except RayTaskError as e:  # our own code raised on the worker: a bug, recorded as one
+            message = " ".join(str(e.cause if e.cause is not None else e).split())[:4000]
+            return unrecorded(job, "failed", {"type": "WorkerError", "message": message}, runner=job.runner)
+        except RayError as e:  # the worker or its node was lost on every attempt
+            first = (str(e).strip().splitlines() or [""])[0][:300]
+            message = (
+                f"the Ray worker running it was lost on each of {attempts} attempt(s) "
+                f"({type(e).__name__}: {first})"
+            )
+            lost = {"type": "WorkerLost", "message": message}
+            return unrecorded(job, "failed", lost, runner=job.runner, attempts=attempts)
