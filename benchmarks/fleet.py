@@ -26,15 +26,9 @@ from peftrepro.executors import Job, JobResult, get_executor
 from peftrepro.manifest import resolve
 from peftrepro.runners.local import land
 from peftrepro.tasks import register
-from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource
+from peftrepro.tasks.arithmetic import GGUFSource, LocalDirSource
 
 SAME = ("test_accuracy", "forgetting", "valid_curve", "train_loss_final", "adapter_sha256")
-
-
-class OneThreadTask(ArithmeticTask):
-    """One thread per job, so two jobs share the two cores of a CI-sized machine."""
-
-    num_threads = 1
 
 
 def main() -> None:
@@ -42,12 +36,14 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
-    from tests.tiny import build_tiny_model
+    from tests.tiny import OneThreadArithmeticTask, build_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="peftrepro-fleet-"))
     os.environ["PEFTREPRO_CACHE"] = str(root / "cache")
     model = build_tiny_model(root / "tiny")
-    register("arithmetic", functools.partial(OneThreadTask, LocalDirSource(model, GGUFSource.model_id)))
+    register(
+        "arithmetic", functools.partial(OneThreadArithmeticTask, LocalDirSource(model, GGUFSource.model_id))
+    )
     folder = root / "submissions" / "arithmetic" / "lora" / "tiny"
     folder.mkdir(parents=True)
     manifest = {
@@ -101,14 +97,27 @@ def main() -> None:
             runs = root / "runs" / label.replace(" ", "").replace(",", "-")
             got: dict[int, dict] = {}
 
-            def keep(result: JobResult, runs: Path = runs, got: dict[int, dict] = got) -> None:
+            where: set[str] = set()
+
+            def keep(
+                result: JobResult, runs: Path = runs, got: dict[int, dict] = got, where: set[str] = where
+            ) -> None:
                 got[result.job.seed] = land(result, runs).record
+                where.add(result.where)
 
             t0 = time.perf_counter()
             executor.map(jobs, lambda j, w: None, keep)
             walls[label] = time.perf_counter() - t0
             records[label] = got
-            print(f"{label}: {len(got)} jobs in {walls[label]:.1f} s", flush=True)
+            statuses = sorted({r["status"] for r in got.values()})
+            print(f"{label}: {len(got)} jobs in {walls[label]:.1f} s ({' '.join(statuses)})", flush=True)
+            inside = sum(r["metrics"].get("total_seconds", 0) for r in got.values()) / max(1, len(got))
+            print(f"  the run itself (record's total_seconds): {inside:.1f} s per job")
+            if label.startswith("ray"):
+                print(f"  on {len(where)} Ray worker process(es)")
+            failed = [r["error"] for r in got.values() if r["status"] != "success"]
+            if failed:
+                print(f"  first error: {failed[0]}")
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)
 

@@ -56,6 +56,12 @@ def build_tiny_model(folder: Path) -> Path:
     return folder
 
 
+class OneThreadArithmeticTask(ArithmeticTask):
+    """The tiny stand-in at one thread per run: two runs share two cores (benchmarks/fleet.py)."""
+
+    num_threads = 1
+
+
 def register_tiny(folder: Path) -> None:
     """Make `arithmetic` load the tiny model (policy still sees the real task's base model id)."""
     build_tiny_model(folder)
