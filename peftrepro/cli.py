@@ -404,7 +404,6 @@ def verify(
         Verification,
         changed_submissions,
         report,
-        seeds_to_check,
         select,
         verify_all,
     )
@@ -449,7 +448,6 @@ def verify(
         click.echo(f"{v.submission} seed {v.seed}:")
         click.echo(report(v))
 
-    planned = sum(len(seeds_to_check(s, all_seeds=all_seeds, seed=seed)) for s in subs)
     results = verify_all(
         subs,
         all_seeds=all_seeds,
@@ -464,7 +462,7 @@ def verify(
     click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
     if any(v.error is not None for v in results):
         sys.exit(EXIT_BAD_INPUT)
-    if len(results) < planned or any(v.judgement is None for v in results):
+    if any(v.judgement is None for v in results):
         sys.exit(EXIT_CANCELLED)
     sys.exit(0 if counts["reproduced"] == len(results) else 1)
 

@@ -176,7 +176,8 @@ def verify_all(
     on_done: Callable[[Verification], None] = lambda v: None,
 ) -> list[Verification]:
     """Re-run the chosen seeds of each submission on `executor` (default: here, one at a time) and
-    judge each re-run as it comes back. A signal stops the batch: re-runs not started are skipped."""
+    judge each re-run as it comes back. A signal stops the batch: a re-run that never came back is
+    returned unjudged, as a cancelled one is."""
     from peftrepro.executors.local import LocalExecutor
 
     plan = {}
@@ -186,6 +187,7 @@ def verify_all(
             plan[job.key] = (sub, s, job)
     started: dict[str, datetime] = {}
     results = []
+    returned: set[str] = set()
 
     def begin(job: Job, where: str) -> None:
         sub, s, _ = plan[job.key]
@@ -195,10 +197,14 @@ def verify_all(
     def done(result: JobResult) -> None:
         sub, s, _ = plan[result.job.key]
         v = judge_rerun(sub, s, result, started.get(result.job.key, utc_now()))
+        returned.add(result.job.key)
         results.append(v)
         on_done(v)
 
     (executor or LocalExecutor(1)).map([job for _, _, job in plan.values()], begin, done)
+    for key, (sub, s, _) in plan.items():  # stopped before it started: nothing judged, nothing written
+        if key not in returned:
+            results.append(Verification(sub.label, s, sub.claims[s].path, None, None))
     return results
 
 

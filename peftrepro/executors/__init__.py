@@ -34,7 +34,6 @@ EXECUTORS = ("local", "ray")
 class Job:
     """What one job needs, self-contained: it may execute on another machine."""
 
-    kind: str  # "run" | "sweep"
     key: str  # unique in its batch, shown in progress lines: "task/method/name seed N"
     rel: str  # "task/method/name": where the manifest sits in a submissions tree
     origin: str  # the manifest's path on the driver: used in place where it exists with these bytes
@@ -62,7 +61,6 @@ class Job:
 
         task = get_task(manifest.task)
         return cls(
-            kind="run" if sweep is None else "sweep",
             key=f"{manifest.task}/{manifest.method}/{manifest.name} seed {seed}",
             rel=f"{manifest.task}/{manifest.method}/{manifest.name}",
             origin=str(manifest.path),
@@ -76,6 +74,14 @@ class Job:
             runner_options={k: v for k, v in (runner_options or {}).items() if v is not None},
             sweep=sweep,
         )
+
+    @property
+    def kind(self) -> str:
+        return "run" if self.sweep is None else "sweep"
+
+    @property
+    def task(self) -> str:
+        return self.rel.split("/")[0]
 
     def materialize(self, root: Path) -> ResolvedManifest:
         """The manifest, resolved: at its origin when this machine has it unchanged (messages then
@@ -113,8 +119,8 @@ def unrecorded(job: Job, status: str, error: dict[str, str], *, runner: str, att
         return JobResult(job, status, None, error=error["message"], attempts=attempts)
     from peftrepro.tasks import get_task, register, task_names
 
-    if job.rel.split("/")[0] not in task_names():
-        register(job.rel.split("/")[0], job.task_factory)
+    if job.task not in task_names():
+        register(job.task, job.task_factory)
     with tempfile.TemporaryDirectory(prefix="peftrepro-job-") as tmp:
         manifest = job.materialize(Path(tmp))
     now = utc_now()

@@ -34,7 +34,7 @@ def perform(job: Job, workdir: Path) -> JobResult:
     from peftrepro.runners import get_runner
     from peftrepro.tasks import register
 
-    register(job.rel.split("/")[0], job.task_factory)
+    register(job.task, job.task_factory)
     manifest = job.materialize(workdir)
     where = socket.gethostname()
     if job.kind == "sweep":

@@ -41,12 +41,12 @@ def _import_ray() -> Any:
 
 class _Tracker:
     def __init__(self) -> None:
-        self.events: list[tuple[str, str, int]] = []
+        self.events: list[tuple[str, str]] = []
 
-    def started(self, key: str, where: str, pid: int) -> None:
-        self.events.append((key, where, pid))
+    def started(self, key: str, where: str) -> None:
+        self.events.append((key, where))
 
-    def since(self, n: int) -> list[tuple[str, str, int]]:
+    def since(self, n: int) -> list[tuple[str, str]]:
         return self.events[n:]
 
 
@@ -55,7 +55,7 @@ def _on_worker(job: Job, tracker: Any) -> JobResult:
 
     where = f"{socket.gethostname()} (worker pid {os.getpid()})"
     # Not waited on: a task blocked in ray.get lends its CPUs to the next task (oversubscription).
-    tracker.started.remote(job.key, where, os.getpid())
+    tracker.started.remote(job.key, where)
     results = LocalExecutor(1).map([job], lambda j, w: None, lambda r: None)
     if not results:  # cancelled between the start above and the child's start
         stopped = {"type": "RunCancelled", "message": "stopped by SIGINT"}
@@ -159,7 +159,7 @@ class RayExecutor:
                     for ref in refs:
                         ray.cancel(ref, force=cancelled > 1)
                 done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.5, fetch_local=False)
-                for key, where, _pid in ray.get(tracker.since.remote(seen)):
+                for key, where in ray.get(tracker.since.remote(seen)):
                     seen += 1
                     starts.setdefault(key, []).append(where)
                     attempt = len(starts[key])

@@ -144,9 +144,7 @@ def allocator_environment() -> Iterator[None]:
                 os.environ[k] = v
 
 
-def run_isolated(
-    manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None, progress: bool | None = None
-) -> RunOutcome:
+def run_isolated(manifest: ResolvedManifest, *, seed: int, runs_dir: Path | None = None) -> RunOutcome:
     """`run_local` in a fresh child process (the local executor with one job): what the CLI's `run`
     and `verify` use. On the CPU tracks memory is the process's RSS, and a second run in the same
     process measured 8-14% more than the same run alone (what the first run left resident); a run
@@ -156,7 +154,6 @@ def run_isolated(
     from peftrepro.executors import Job
     from peftrepro.executors.local import LocalExecutor
 
-    del progress  # a child's progress bar follows its own terminal
     job = Job.for_manifest(manifest, seed=seed)
     [result] = LocalExecutor(1).map([job], lambda j, w: None, lambda r: None)
     return land(result, runs_dir or manifest.folder / RUNS_DIR)
