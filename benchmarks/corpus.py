@@ -11,6 +11,7 @@ output exists, so an interrupted corpus resumes where it stopped.
 
     .venv/bin/python benchmarks/corpus.py write [--task digits]
     .venv/bin/python benchmarks/corpus.py run [--task digits] [--only lora,dora] [--log corpus.log]
+    .venv/bin/python benchmarks/corpus.py report [--task digits]   # the compute the corpus took
 """
 
 from __future__ import annotations
@@ -609,15 +610,50 @@ def run(task: str, only: set[str] | None, log: Any) -> None:
         print(f"done: {rel}", file=log, flush=True)
 
 
+def _wall(doc: dict[str, Any]) -> float:
+    """Seconds between a record's started_at and finished_at (every record kind carries both)."""
+    from datetime import datetime
+
+    start, end = (
+        datetime.fromisoformat(doc[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at")
+    )
+    return (end - start).total_seconds()
+
+
+def report(task: str) -> None:
+    """The compute the task's corpus took, from the records themselves: every run record of every
+    status (superseded and failed ones included) and every verification re-run, by wall time; sweep
+    points by their training time, each distinct point once (a widened or superseding sweep.json
+    carries the points it reused verbatim, so the files' own spans undercount)."""
+    runs, verifications, points = [0.0, 0], [0.0, 0], {}
+    for sub in sorted((ROOT / "submissions" / task).glob("*/*/manifest.json")):
+        for part, pattern in ((runs, "runs/*.json"), (verifications, "verifications/*.json")):
+            for path in sorted(sub.parent.glob(pattern)):
+                part[0] += _wall(json.loads(path.read_text()))
+                part[1] += 1
+        if (sub.parent / "sweep.json").exists():
+            doc = json.loads((sub.parent / "sweep.json").read_text())
+            for p in doc["points"]:
+                points[(doc["swept_config_sha256"], doc["seed"], p["lr"])] = p.get("train_seconds") or 0.0
+    sweeps = [sum(points.values()), len(points)]
+    for label, (seconds, n) in (("sweep points", sweeps), ("runs", runs), ("verifications", verifications)):
+        print(f"{label:>13}: {n:4d}, {seconds / 3600:6.2f} h")
+    total = sweeps[0] + runs[0] + verifications[0]
+    print(f"{'total':>13}: {total / 3600:10.2f} h on this machine's 2 cores")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["write", "run"])
+    parser.add_argument("command", choices=["write", "run", "report"])
     parser.add_argument("--task", choices=["arithmetic", "digits"], default="arithmetic")
     parser.add_argument("--only", help="comma-separated methods")
     parser.add_argument("--log", type=Path, help="append progress here (default: stdout)")
     args = parser.parse_args()
     if args.command == "write":
         write(args.task)
+        return
+    if args.command == "report":
+        report(args.task)
         return
     log = open(args.log, "a") if args.log else sys.stdout  # noqa: SIM115 - lives as long as the run
     run(args.task, set(args.only.split(",")) if args.only else None, log)
