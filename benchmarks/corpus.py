@@ -29,6 +29,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 PEFTREPRO = [sys.executable, "-m", "peftrepro.cli"]
 SEEDS = (0, 1, 2)
+# Methods whose sweep ended no better on validation than the untuned base model: why we think so,
+# written by a person after reading the sweep, appended to the description before any seed runs
+# (a manifest is never edited once it has claims). Until a method has a line here, its seeds wait.
+WHY_DEGENERATE: dict[str, str] = {}
 EXTEND = 4  # a best rate at an edge of the grid gets up to four more rates past it (peftrepro sweep)
 
 # Grids: three rates, x3 apart, centred on where each family of methods usually trains well.
@@ -579,6 +583,53 @@ def supersede(sub: Path, lr: float, log: Any) -> Path:
     return new
 
 
+_base_valid: dict[str, float] = {}
+
+
+def base_valid_score(task: str) -> float:
+    """The untuned base model's validation score, measured once per corpus run (the records carry
+    the base's test score; a sweep sees only the validation split)."""
+    if task not in _base_valid:
+        from peftrepro.job import configure_determinism
+        from peftrepro.tasks import get_task
+
+        t = get_task(task)
+        configure_determinism(t.num_threads)
+        prepared = t.prepare()
+        _base_valid[task] = prepared.evaluate(prepared.model, "valid", t.training_defaults["batch_size_eval"])
+    return _base_valid[task]
+
+
+def degenerate_gate(e: Entry, sub: Path, log: Any) -> bool:
+    """True when the seeds may run. A sweep whose chosen rate is no better on validation than the
+    base model needs a line in WHY_DEGENERATE first; it goes into the description while the manifest
+    has no claims yet."""
+    best = json.loads((sub / "sweep.json").read_text())
+    chosen = next(p for p in best["points"] if p["lr"] == best["chosen_lr"])
+    base = base_valid_score(e.task)
+    if chosen["valid_final"] > base:
+        return True
+    if e.method not in WHY_DEGENERATE:
+        print(
+            f"degenerate: {sub.relative_to(ROOT)} chose {best['chosen_lr']:g} with validation "
+            f"{chosen['valid_final']:.3f} <= the base model's {base:.3f}; its seeds wait for a line in "
+            "WHY_DEGENERATE",
+            file=log,
+            flush=True,
+        )
+        return False
+    raw = json.loads((sub / "manifest.json").read_text())
+    line = (
+        f" Degenerate: at its best rate ({best['chosen_lr']:g}) the final validation score was "
+        f"{chosen['valid_final']:.3f}, no better than the untuned base model's {base:.3f}. "
+        f"{WHY_DEGENERATE[e.method]}"
+    )
+    if "Degenerate:" not in raw["description"] and not claimed_seeds(sub):
+        raw["description"] += line
+        (sub / "manifest.json").write_text(json.dumps(raw, indent=2) + "\n")
+    return True
+
+
 def run(task: str, only: set[str] | None, log: Any) -> None:
     from peftrepro.manifest import resolve
 
@@ -602,6 +653,8 @@ def run(task: str, only: set[str] | None, log: Any) -> None:
                 if step(["sweep", rel, "--lrs", grid, "--extend", str(EXTEND), "--apply"], log) != 0:
                     continue
         missing = sorted(set(SEEDS) - claimed_seeds(sub))
+        if missing and (sub / "sweep.json").exists() and not degenerate_gate(e, sub, log):
+            continue
         for seed in missing:  # one process per seed: RSS figures carry nothing of another run
             if step(["run", rel, "--seed", str(seed)], log) == 130:
                 return
