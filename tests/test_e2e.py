@@ -59,21 +59,31 @@ def test_corrupted_model_cache_is_detected(real_task: RealRun, tmp_path: Path) -
         shutil.copy(copy / "model.safetensors", folder / "model.safetensors")
 
 
+CI_CLAIM_SECONDS = 300  # a drawn claim's submission ran its fastest seed in this long or less
+
+
 def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun, tmp_path: Path) -> None:
     """CI re-runs one committed arithmetic claim (submission and seed drawn at random) on a copy of
-    its folder: the corpus on the leaderboard is checked a sample at a time, on every CI run."""
+    its folder: the corpus on the leaderboard is checked a sample at a time, on every CI run. The
+    draw is among submissions whose fastest claim took at most CI_CLAIM_SECONDS (LoHa's take over
+    15 minutes on 2 cores, which CI's 30-minute budget cannot hold); the slower ones were verified
+    when they were run, and `peftrepro verify --all` re-checks everything."""
     import random
 
     from peftrepro.collect import load_submission
 
-    claims = [
-        (folder, seed)
-        for folder in sorted((REPO / "submissions" / "arithmetic").glob("*/*"))
-        if (folder / "manifest.json").exists()
-        for seed in sorted(load_submission(folder).claims)
-    ]
+    def seconds(record: dict) -> float:
+        return float(record.get("metrics", {}).get("total_seconds") or "inf")
+
+    claims = []
+    for folder in sorted((REPO / "submissions" / "arithmetic").glob("*/*")):
+        if not (folder / "manifest.json").exists():
+            continue
+        found = load_submission(folder).claims
+        if found and min(seconds(c.data) for c in found.values()) <= CI_CLAIM_SECONDS:
+            claims += [(folder, seed) for seed in sorted(found)]
     if not claims:
-        pytest.skip("no committed arithmetic claims")
+        pytest.skip(f"no committed arithmetic claims that ran in {CI_CLAIM_SECONDS} s or less")
     folder, seed = random.Random().choice(claims)
     copy = tmp_path / "submissions" / "arithmetic" / folder.parent.name / folder.name
     shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("verifications"))
