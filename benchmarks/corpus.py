@@ -658,8 +658,14 @@ def run(task: str, only: set[str] | None, log: Any) -> None:
         for seed in missing:  # one process per seed: RSS figures carry nothing of another run
             if step(["run", rel, "--seed", str(seed)], log) == 130:
                 return
+        if unclaimed := sorted(set(SEEDS) - claimed_seeds(sub)):
+            print(f"incomplete: {rel}: no success record for seed(s) {unclaimed}", file=log, flush=True)
+            continue
         if not has_verification(sub) and step(["verify", rel], log) == 130:
             return
+        if not has_verification(sub):
+            print(f"incomplete: {rel}: no verification", file=log, flush=True)
+            continue
         print(f"done: {rel}", file=log, flush=True)
 
 

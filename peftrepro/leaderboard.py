@@ -14,7 +14,7 @@ from typing import Any
 
 from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
-from peftrepro.metrics import CHECKS, IDENTITY_MARKS
+from peftrepro.metrics import CHECK_MARKS, CHECKS
 from peftrepro.tasks import get_task
 
 COMMAND = "peftrepro leaderboard"
@@ -122,12 +122,10 @@ def checks_cell(records: list[Stored]) -> str:
             marks.append(c.code + "✗")
         elif len(statuses) == 1 and None not in found:
             (status,) = statuses
-            marks.append(
-                c.code + IDENTITY_MARKS.get(str(status), "") if c.key == "identity_at_init" else c.code
-            )
+            marks.append(c.code + CHECK_MARKS.get(str(status), ""))  # "passed" has no mark
         elif statuses and None not in found:  # seeds disagree (never seen): show the weakest
-            weakest = next(k for k in reversed(list(IDENTITY_MARKS)) if k in statuses)
-            marks.append(c.code + IDENTITY_MARKS[weakest])
+            weakest = next((k for k in reversed(list(CHECK_MARKS)) if k in statuses), None)
+            marks.append(c.code + (CHECK_MARKS[weakest] if weakest else ""))
     return " ".join(marks) or "–"
 
 

@@ -230,10 +230,13 @@ CHECKS: tuple[Check, ...] = (
         "round_trip",
         "save/load round trip",
         "R",
-        "the trained adapter reloads into a fresh base with the same outputs and re-saves to the same bytes",
+        "the trained adapter reloads into a fresh base with the same outputs and re-saves to the same bytes "
+        "(R≈: outputs within float rounding, where the saved adapter drops AdaLoRA's pruned ranks, which "
+        "are checked to be exactly zero)",
     ),
 )
-IDENTITY_MARKS = {"exact": "=", "approximate": "≈", "not_identity_by_design": "○"}
+# A check's status -> the mark after its code on the pages ("passed" has none).
+CHECK_MARKS = {"exact": "=", "approximate": "≈", "not_identity_by_design": "○"}
 
 RELATIVE_BAND = 0.10  # memory: a re-run on the same accelerator class may differ by this fraction
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from peft import BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftModel, PrefixTuningConfig
+from peft import AdaLoraConfig, BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftModel, PrefixTuningConfig
 
 from peftrepro import checks, peftconfig
 from peftrepro.cli import main
@@ -134,6 +134,51 @@ def test_an_adapter_weight_that_is_not_saved_fails_the_round_trip(prepared: Prep
         "only_declared_change": checks.PASSED,
         "round_trip": checks.FAILED,
     }
+
+
+def pruned_adalora(prepared: Prepared) -> PeftModel:
+    """AdaLoRA trained on the probe batch past its schedule's end, so its allocator pruned ranks."""
+    import copy
+
+    torch.manual_seed(0)
+    config = AdaLoraConfig(
+        task_type="CAUSAL_LM", init_r=6, target_r=2, target_modules=["q_proj", "v_proj"], total_step=30,
+        tinit=3, tfinal=10, deltaT=2,
+    )  # fmt: skip
+    model = peftconfig.attach(copy.deepcopy(prepared.model), config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.03)
+    model.train()
+    for step in range(30):
+        prepared.probe.loss(model).backward()
+        optimizer.step()
+        model.base_model.update_and_allocate(step)
+        optimizer.zero_grad(set_to_none=True)
+    assert model.peft_config["default"].rank_pattern  # the allocator ran
+    return model
+
+
+def test_adalora_pruned_at_save_round_trips_within_float_rounding(prepared: Prepared) -> None:
+    """peft saves only AdaLoRA's kept ranks: the reload sums fewer (zero) terms, so its outputs may
+    differ by float rounding. That is accepted only because the pruned ranks are exactly zero."""
+    import copy
+
+    model = pruned_adalora(prepared)
+    result = checks.check_round_trip(model, prepared.probe, lambda: copy.deepcopy(prepared.model))
+    assert result.ok and result.status in (checks.PASSED, checks.APPROXIMATE), result.detail
+    if result.status == checks.APPROXIMATE:
+        assert "pruned ones are exactly zero" in result.detail
+    assert "pruned ones are exactly zero" in (checks.pruned_at_save(model) or "")
+
+    # A live rank dropped at save is a fault, not rounding: no tolerance, the check fails.
+    pattern = model.peft_config["default"].rank_pattern
+    key, keep = next((k, v) for k, v in pattern.items() if not all(v))
+    layer = model.base_model.model.get_submodule(key.removesuffix(".default").removesuffix(".lora_E"))
+    dropped = (~torch.as_tensor(keep, dtype=torch.bool).view(-1)).nonzero()[0]
+    with torch.no_grad():
+        layer.lora_E["default"].view(-1)[dropped] = 1.0
+    assert checks.pruned_at_save(model) is None
+    broken = checks.check_round_trip(model, prepared.probe, lambda: copy.deepcopy(prepared.model))
+    assert broken.status == checks.FAILED and "outputs differ" in broken.detail
 
 
 def test_an_adapter_that_does_not_train_fails_declared(prepared: Prepared, monkeypatch) -> None:

@@ -210,3 +210,19 @@ def test_escaped_text_is_inert(text: str) -> None:
         for i, c in enumerate(out):
             if c == ch:
                 assert i > 0 and out[i - 1] == "\\", (text, out)
+
+
+def test_checks_cell_marks_each_status_and_the_weakest_when_seeds_disagree() -> None:
+    from peftrepro.collect import Stored
+    from peftrepro.leaderboard import checks_cell
+
+    def record(identity: str, trip: str) -> Stored:
+        statuses = {"identity_at_init": identity, "disable_restores_base": "passed"}
+        statuses |= {"only_declared_change": "passed", "round_trip": trip}
+        return Stored(Path("r.json"), {"checks": {k: {"status": v} for k, v in statuses.items()}}, "0" * 64)
+
+    assert checks_cell([record("exact", "passed")] * 2) == "I= D M R"
+    assert checks_cell([record("exact", "approximate")] * 3) == "I= D M R≈"  # AdaLoRA's pruned ranks
+    assert checks_cell([record("exact", "passed"), record("approximate", "approximate")]) == "I≈ D M R≈"
+    assert checks_cell([record("exact", "failed"), record("exact", "passed")]) == "I= D M R✗"
+    assert checks_cell([Stored(Path("old.json"), {}, "0" * 64)]) == "–"
