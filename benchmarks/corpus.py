@@ -590,8 +590,8 @@ def base_valid_score(task: str) -> float:
     """The untuned base model's validation score, measured once per corpus run (the records carry
     the base's test score; a sweep sees only the validation split)."""
     if task not in _base_valid:
-        from peftrepro.job import configure_determinism
         from peftrepro.tasks import get_task
+        from peftrepro.training import configure_determinism
 
         t = get_task(task)
         configure_determinism(t.num_threads)
@@ -673,9 +673,7 @@ def _wall(doc: dict[str, Any]) -> float:
     """Seconds between a record's started_at and finished_at (every record kind carries both)."""
     from datetime import datetime
 
-    start, end = (
-        datetime.fromisoformat(doc[k].replace("Z", "+00:00")) for k in ("started_at", "finished_at")
-    )
+    start, end = (datetime.fromisoformat(doc[k]) for k in ("started_at", "finished_at"))
     return (end - start).total_seconds()
 
 

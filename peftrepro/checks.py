@@ -69,6 +69,11 @@ INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[str, Any, InitBehaviour]] = {
 }
 
 
+def output_scale(out: torch.Tensor) -> float:
+    """What APPROXIMATE_TOLERANCE is relative to: the largest output magnitude (1 for all-zero)."""
+    return float(out.float().abs().max()) or 1.0
+
+
 def init_behaviour(config: PeftConfig) -> InitBehaviour:
     entry = INIT_BEHAVIOUR.get(str(getattr(config.peft_type, "value", config.peft_type)))
     if entry is None:
@@ -147,7 +152,7 @@ def check_identity(config: PeftConfig, base_out: torch.Tensor, fresh_out: torch.
         return CheckResult(name, BY_DESIGN, behaviour.reason, diff)
     if diff is None:
         return CheckResult(name, FAILED, f"output shape {tuple(fresh_out.shape)} != {tuple(base_out.shape)}")
-    scale = float(base_out.float().abs().max()) or 1.0
+    scale = output_scale(base_out)
     if diff == 0.0:
         return CheckResult(name, EXACT, "outputs equal the base model's bit for bit", 0.0)
     if not math.isfinite(diff):
@@ -276,11 +281,13 @@ def check_round_trip(
         loaded.save_pretrained(str(again))
         first, second = adapter_files(saved), adapter_files(again)
     bytes_same = f"re-saved bytes identical ({first[1][:12]})"
-    rounding = None if diff is None or not math.isfinite(diff) or diff == 0.0 else pruned_at_save(model)
-    allowed = APPROXIMATE_TOLERANCE * (float(before.float().abs().max()) or 1.0)
-    if diff != 0.0 and not (rounding and diff is not None and diff <= allowed):
-        what = f"by up to {diff:.3g}" if diff is not None else "in shape"
-        return CheckResult(name, FAILED, f"the reloaded adapter's outputs differ {what}", diff)
+    rounding = None
+    if diff != 0.0:  # NaN compares false: no tolerance
+        within = diff is not None and diff <= APPROXIMATE_TOLERANCE * output_scale(before)
+        rounding = pruned_at_save(model) if within else None
+        if rounding is None:
+            what = f"by up to {diff:.3g}" if diff is not None else "in shape"
+            return CheckResult(name, FAILED, f"the reloaded adapter's outputs differ {what}", diff)
     if first != second:
         return CheckResult(
             name,

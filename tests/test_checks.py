@@ -164,10 +164,9 @@ def test_adalora_pruned_at_save_round_trips_within_float_rounding(prepared: Prep
 
     model = pruned_adalora(prepared)
     result = checks.check_round_trip(model, prepared.probe, lambda: copy.deepcopy(prepared.model))
-    assert result.ok and result.status in (checks.PASSED, checks.APPROXIMATE), result.detail
-    if result.status == checks.APPROXIMATE:
-        assert "pruned ones are exactly zero" in result.detail
-    assert "pruned ones are exactly zero" in (checks.pruned_at_save(model) or "")
+    assert result.status == checks.APPROXIMATE, result.detail
+    assert 0 < result.max_abs_diff <= checks.APPROXIMATE_TOLERANCE * 100
+    assert "pruned ones are exactly zero" in result.detail
 
     # A live rank dropped at save is a fault, not rounding: no tolerance, the check fails.
     pattern = model.peft_config["default"].rank_pattern
