@@ -37,10 +37,10 @@ WHY_DEGENERATE: dict[str, str] = {
     "delora": (
         "peft's DeLoRA starts from B = 0 and normalises B's columns, so its first optimizer step, at "
         "any rate, sets the update to its full strength lambda = 15 (the public comparison's value for a "
-        "3B model): one AdamW step on a training batch gave |dW|/|W| = 0.136 on layer 10's down "
-        "projection at lr 1e-5, 1e-4 and 1e-3 alike, and that batch's loss went from 1.49 to 3.09 "
-        "(LoRA at 1e-3: 0.0004, 1.49 to 1.19). No learning rate repairs it; lambda is outside the "
-        "equal learning-rate budget."
+        "3B model): after one AdamW step, |dW|/|W| = 0.136 on a down projection at lr 1e-5, 1e-4 and "
+        "1e-3 alike, and the batch's loss rose from 1.49 to 3.09 (LoRA at 1e-3: 0.0004, and 1.49 to "
+        "1.19; benchmarks/first_step.py). No learning rate repairs it; lambda is outside the equal "
+        "learning-rate budget."
     ),
 }
 EXTEND = 4  # a best rate at an edge of the grid gets up to four more rates past it (peftrepro sweep)
