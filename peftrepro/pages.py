@@ -328,7 +328,7 @@ def _comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[
     extra = sorted({r.sub.key[1] for r in ranked if _norm(r.sub.key[1]) not in theirs_all})
     lines += [
         "",
-        f"Their methods without a row here ({len(missing)} of {len(ref.methods)}): "
+        f"Their methods without a verified or claimed row here ({len(missing)} of {len(ref.methods)}): "
         f"{md(', '.join(missing), 2000) or '–'}.",
         f"Rows here whose method they do not run: {md(', '.join(extra), 2000) or '–'}.",
     ]
