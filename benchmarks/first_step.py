@@ -13,21 +13,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import get_peft_model
 
-from peftrepro.manifest import resolve
-from peftrepro.peftconfig import build
+from peftrepro.manifest import ResolvedManifest, resolve
+from peftrepro.peftconfig import attach, build
+from peftrepro.sweep import with_lr
 from peftrepro.tasks import get_task
-from peftrepro.training import configure_determinism
+from peftrepro.training import configure_determinism, make_optimizer, seed_everything
 
 ROOT = Path(__file__).resolve().parent.parent
 LAYER = 10  # any layer shows it; the ratio is per layer
 
 
-def one_step(prepared, batch, config, lr: float) -> tuple[float, float, float]:
-    torch.manual_seed(0)
-    model = get_peft_model(prepared.load_base(), config)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+def one_step(prepared, batch, manifest: ResolvedManifest, lr: float) -> tuple[float, float, float]:
+    """The run's own pieces (attach, the manifest's optimizer at `lr`), one step, then measure."""
+    seed_everything(0)
+    model = attach(prepared.load_base(), build(manifest.peft_config or {}, str(manifest.path)))
+    opt = make_optimizer(model, with_lr(manifest, lr).training)
     loss = prepared.loss(model, batch)
     loss.backward()
     opt.step()
@@ -46,10 +47,9 @@ def main() -> None:
     batch = next(prepared.batches(0, resolve(sub / "lora/default/manifest.json").training))
     print(f"one AdamW step on the first training batch (seed 0); |dW|/|W| of layer {LAYER}'s down_proj")
     for name, lrs in (("delora/r8", (1e-5, 1e-4, 1e-3)), ("lora/default", (1e-4, 1e-3))):
-        path = sub / name / "manifest.json"
-        config = build(resolve(path).peft_config or {}, str(path))
+        manifest = resolve(sub / name / "manifest.json")
         for lr in lrs:
-            ratio, before, after = one_step(prepared, batch, config, lr)
+            ratio, before, after = one_step(prepared, batch, manifest, lr)
             print(f"{name:13} lr {lr:<6g} |dW|/|W| {ratio:.3g}   batch loss {before:.3f} -> {after:.3f}")
 
 
