@@ -1,9 +1,13 @@
-"""The size of an adapter's update after ONE optimizer step, against the learning rate.
+"""The size of an adapter's update at init and after ONE optimizer step, against the learning rate.
 
-Why DeLoRA is degenerate on the `arithmetic` track (its line in benchmarks/corpus.py's
-WHY_DEGENERATE): peft's DeLoRA starts from B = 0 and normalises B's columns, so any first step sets
-the update to its full strength lambda, whatever the rate. LoRA, for contrast, grows with the rate.
-Prints |dW|/|W| of one layer and the training loss of the batch before and after the step.
+Why DeLoRA and FourierFT are degenerate on the `arithmetic` track (their lines in
+benchmarks/corpus.py's WHY_DEGENERATE):
+- peft's DeLoRA starts from B = 0 and normalises B's columns, so any first step sets the update to
+  its full strength lambda, whatever the rate;
+- peft's FourierFT with init_weights false (the public comparison's setting) starts from a random
+  spectrum: at scaling 300 the untrained adapter already moves the layer, and the loss with it.
+LoRA, for contrast, is zero at init and grows with the rate. Prints |dW|/|W| of one layer at init
+and after the step, and the training loss of the batch before and after the step.
 
     .venv/bin/python benchmarks/first_step.py
 """
@@ -24,19 +28,27 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYER = 10  # any layer shows it; the ratio is per layer
 
 
-def one_step(prepared, batch, manifest: ResolvedManifest, lr: float) -> tuple[float, float, float]:
-    """The run's own pieces (attach, the manifest's optimizer at `lr`), one step, then measure."""
+def one_step(
+    prepared, batch, manifest: ResolvedManifest, lr: float, module: str
+) -> tuple[float, float, float, float]:
+    """The run's own pieces (attach, the manifest's optimizer at `lr`), one step, then measure:
+    (|dW|/|W| at init, |dW|/|W| after, batch loss before, batch loss after)."""
     seed_everything(0)
     model = attach(prepared.load_base(), build(manifest.peft_config or {}, str(manifest.path)))
     opt = make_optimizer(model, with_lr(manifest, lr).training)
+    layer = model.base_model.model.model.layers[LAYER].get_submodule(module)
+
+    def ratio() -> float:
+        with torch.no_grad():
+            return (layer.get_delta_weight("default").norm() / layer.base_layer.weight.norm()).item()
+
+    at_init = ratio()
     loss = prepared.loss(model, batch)
     loss.backward()
     opt.step()
-    layer = model.base_model.model.model.layers[LAYER].mlp.down_proj
     with torch.no_grad():
-        ratio = (layer.get_delta_weight("default").norm() / layer.base_layer.weight.norm()).item()
         after = prepared.loss(model, batch).item()
-    return ratio, loss.item(), after
+    return at_init, ratio(), loss.item(), after
 
 
 def main() -> None:
@@ -45,12 +57,20 @@ def main() -> None:
     prepared = task.prepare()
     sub = ROOT / "submissions/arithmetic"
     batch = next(prepared.batches(0, resolve(sub / "lora/default/manifest.json").training))
-    print(f"one AdamW step on the first training batch (seed 0); |dW|/|W| of layer {LAYER}'s down_proj")
-    for name, lrs in (("delora/r8", (1e-5, 1e-4, 1e-3)), ("lora/default", (1e-4, 1e-3))):
+    print(f"one AdamW step on the first training batch (seed 0); |dW|/|W| of one module of layer {LAYER}")
+    cases = (
+        ("delora/r8", "mlp.down_proj", (1e-5, 1e-4, 1e-3)),
+        ("fourierft/n1000", "self_attn.q_proj", (1e-4, 1e-3, 1e-2)),
+        ("lora/default", "mlp.down_proj", (1e-4, 1e-3)),
+    )
+    for name, module, lrs in cases:
         manifest = resolve(sub / name / "manifest.json")
         for lr in lrs:
-            ratio, before, after = one_step(prepared, batch, manifest, lr)
-            print(f"{name:13} lr {lr:<6g} |dW|/|W| {ratio:.3g}   batch loss {before:.3f} -> {after:.3f}")
+            at_init, ratio, before, after = one_step(prepared, batch, manifest, lr, module)
+            print(
+                f"{name:15} {module:16} lr {lr:<6g} |dW|/|W| {at_init:.3g} at init, {ratio:.3g} after"
+                f"   batch loss {before:.3f} -> {after:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,10 @@ STATUSES = {
     "verified": "`peftrepro verify` re-ran at least one seed and reproduced its record under the policy",
     "claimed": "records exist for the current manifest; no verification yet",
     "not_reproduced": "a verification of one of its records failed: the numbers are disputed",
-    "flagged": "mean score no better than the untuned base model's: a broken setup, not a method result",
+    "flagged": (
+        "mean score no better than the untuned base model's by more than one seed std: a broken setup, "
+        "not a method result"
+    ),
     "failed": "the newest run of the current manifest failed and none succeeded",
     "stale": "only records of an earlier manifest, task version or record format exist (reason given)",
     "superseded": "a newer submission declares `supersedes` for it: shown under History",
@@ -92,13 +95,17 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
     if row.status == "stale":
         return row
-    base = row.stats["base_" + score_key]
+    base, score = row.stats["base_" + score_key], row.stats[score_key]
     if NOT_REPRODUCED in verdicts.values():
         row.status = "not_reproduced"
-    elif base is not None and row.value(score_key) <= base.mean:
+    # A mean above the base by less than one seed std is one lucky seed, not learning: with three
+    # seeds and a small test set, a broken adapter's scores scatter around the base model's.
+    elif base is not None and score is not None and score.mean - (score.std or 0.0) <= base.mean:
+        spread = f" ± {score.std:.3f}" if score.std is not None else ""
+        relation = "is within one seed std of" if score.mean > base.mean else "≤"
         row.status, row.note = (
             "flagged",
-            f"mean score {row.value(score_key):.3f} ≤ base model's {base.mean:.3f}",
+            f"mean score {score.mean:.3f}{spread} {relation} the base model's {base.mean:.3f}",
         )
     elif row.verified_seeds:
         row.status = "verified"

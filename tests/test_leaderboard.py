@@ -64,6 +64,7 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "hra/r8": "claimed",
         "oft/disputed": "not reproduced",
         "vera/broken": "flagged",
+        "fourierft/noisy": "flagged",
         "boft/crashed": "failed",
         "oft/conv": "failed",
         "lokr/r4": "claimed",
