@@ -632,9 +632,9 @@ def degenerate_gate(e: Entry, sub: Path, log: Any) -> bool:
     # One validation problem more than the base is one lucky answer, not learning.
     one = 1 / importlib.import_module(f"peftrepro.tasks.{e.task}").N_VALID
     lucky = chosen["valid_final"] <= base + one + 1e-9
-    if not lucky and e.method not in WHY_DEGENERATE:
-        return True
     if e.method not in WHY_DEGENERATE:
+        if not lucky:
+            return True
         print(
             f"degenerate: {sub.relative_to(ROOT)} chose {best['chosen_lr']:g} with validation "
             f"{chosen['valid_final']:.3f}, within one problem of the base model's {base:.3f}; its seeds "
