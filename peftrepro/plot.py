@@ -14,6 +14,45 @@ from peftrepro.metrics import METRICS_BY_KEY
 from peftrepro.tasks import get_task
 
 LABEL_LIMIT = 40  # beyond this many points only the front is labelled
+LABEL_SIZE = 7  # points
+# Where a label may sit relative to its point (offset in points, alignment), in order of preference.
+LABEL_SPOTS = [(4, 3, "left"), (4, -9, "left"), (-4, 3, "right"), (-4, -9, "right")]
+LABEL_SPOTS += [(4, 10, "left"), (4, -16, "left"), (-4, 10, "right"), (-4, -16, "right")]
+
+
+def label_of(r: Row) -> str:
+    return f"{r.sub.key[1]}/{r.sub.key[2]}"
+
+
+def place_labels(ax, points: list[tuple[float, float]], labelled: list) -> list[tuple[int, int, str]]:
+    """A spot for each label that overlaps no earlier label, no marker and no axes edge (the first spot
+    when none is free). Widths are estimated from the character count, not measured, so that the
+    layout does not depend on the fonts installed; the estimate is generous for DejaVu Sans."""
+    pt = ax.figure.dpi / 72  # display pixels per point
+    box = ax.get_window_extent()
+    to_px = ax.transData.transform
+    taken = [(px - 3 * pt, py - 3 * pt, px + 3 * pt, py + 3 * pt) for px, py in (to_px(p) for p in points)]
+    spots = []
+    for r, x, y in labelled:
+        px, py = to_px((x, y))
+        w, h = 0.6 * LABEL_SIZE * len(label_of(r)) * pt, 1.1 * LABEL_SIZE * pt
+        candidates = []
+        for dx, dy, ha in LABEL_SPOTS:
+            x0 = px + dx * pt - (w if ha == "right" else 0)
+            candidates.append(((dx, dy, ha), (x0, py + dy * pt, x0 + w, py + dy * pt + h)))
+        free = [c for c in candidates if inside(c[1], box) and not any(overlap(c[1], t) for t in taken)]
+        spot, rect = (free or candidates)[0]
+        taken.append(rect)
+        spots.append(spot)
+    return spots
+
+
+def inside(r: tuple[float, ...], box) -> bool:
+    return box.x0 <= r[0] and r[2] <= box.x1 and box.y0 <= r[1] and r[3] <= box.y1
+
+
+def overlap(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
@@ -91,13 +130,17 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
                 zorder=2,
             )
         labelled = pts if len(pts) <= LABEL_LIMIT else [p for p in pts if p[0].front]
-        for r, x, y in sorted(labelled, key=lambda p: p[0].sub.key):
+        labelled = sorted(labelled, key=lambda p: (not p[0].front, p[0].sub.key))  # the front gets first pick
+        fig.tight_layout()  # fix the axes box so that data coordinates map to their final pixels
+        spots = place_labels(ax, [(x, y) for _, x, y in pts], labelled)
+        for (r, x, y), (dx, dy, ha) in zip(labelled, spots, strict=True):
             ax.annotate(
-                f"{r.sub.key[1]}/{r.sub.key[2]}",
+                label_of(r),
                 (x, y),
-                xytext=(4, 3),
+                xytext=(dx, dy),
                 textcoords="offset points",
-                fontsize=7,
+                ha=ha,
+                fontsize=LABEL_SIZE,
             )
         ax.set_xlabel(f"{cost.label} ({unit}, lower is better)")
         ax.set_ylabel(f"{score.label} (higher is better)")

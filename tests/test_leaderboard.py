@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -227,3 +228,22 @@ def test_checks_cell_marks_each_status_and_the_weakest_when_seeds_disagree() -> 
     assert checks_cell([record("exact", "passed"), record("approximate", "approximate")]) == "I≈ D M R≈"
     assert checks_cell([record("exact", "failed"), record("exact", "passed")]) == "I= D M R✗"
     assert checks_cell([Stored(Path("old.json"), {}, "0" * 64)]) == "–"
+
+
+def test_crowded_labels_take_distinct_spots_and_a_lone_label_keeps_the_first() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from peftrepro.plot import LABEL_SPOTS, place_labels
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.set_xlim(0, 10), ax.set_ylim(0, 1)
+    crowd = [(SimpleNamespace(sub=SimpleNamespace(key=("t", f"m{i}", "r8"))), 5.0, 0.5) for i in range(4)]
+    lone = [(SimpleNamespace(sub=SimpleNamespace(key=("t", "alone", "r8"))), 2.0, 0.2)]
+    labelled = crowd + lone
+    spots = place_labels(ax, [(x, y) for _, x, y in labelled], labelled)
+    plt.close(fig)
+    assert sorted(spots[:4]) == sorted(LABEL_SPOTS[:4])  # four labels on one point: the four corners
+    assert spots[4] == LABEL_SPOTS[0]
