@@ -73,8 +73,9 @@ def prefix_step(prepared, batch, manifest: ResolvedManifest, lr: float) -> tuple
         return k, v, loss.item(), prepared.loss(model, batch).item()
 
 
-def own_kv_norms(prepared, batch) -> tuple[float, float]:
-    """Mean norm of one head's key and value vector in layer LAYER of the base model, over the batch."""
+def base_pass(prepared, batch) -> tuple[float, float, float]:
+    """The base model's batch loss, and the mean norm of one head's key and value vector in layer
+    LAYER over the batch (one forward pass)."""
     model, seen = prepared.load_base(), {}
     attn = model.model.layers[LAYER].self_attn
     hooks = [
@@ -82,11 +83,12 @@ def own_kv_norms(prepared, batch) -> tuple[float, float]:
         for n in ("k", "v")
     ]
     with torch.no_grad():
-        prepared.loss(model, batch)
+        loss = prepared.loss(model, batch).item()
     for h in hooks:
         h.remove()
     dim = model.config.head_dim
-    return tuple(seen[n].reshape(-1, dim).norm(dim=-1).mean().item() for n in ("k", "v"))  # type: ignore[return-value]
+    k, v = (seen[n].reshape(-1, dim).norm(dim=-1).mean().item() for n in ("k", "v"))
+    return loss, k, v
 
 
 def main() -> None:
@@ -109,9 +111,7 @@ def main() -> None:
                 f"{name:15} {module:16} lr {lr:<6g} |dW|/|W| {at_init:.3g} at init, {ratio:.3g} after"
                 f"   batch loss {before:.3f} -> {after:.3f}"
             )
-    with torch.no_grad():
-        base = prepared.loss(prepared.load_base(), batch).item()
-    k, v = own_kv_norms(prepared, batch)
+    base, k, v = base_pass(prepared, batch)
     print(
         f"base model: batch loss {base:.3f}; layer {LAYER}'s own key / value per head: norm {k:.2f} / {v:.2f}"
     )

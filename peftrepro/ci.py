@@ -106,7 +106,7 @@ def policy_problems(sub: Submission, changes: dict[Path, str], others: list[Subm
         same_task = other.folder != sub.folder and other.manifest is not None and other.key[0] == m.task
         if same_task and swept_config_sha256(other.manifest.resolved_config()) == mine:  # type: ignore[union-attr]
             problems.append(
-                f"the same config as {other.key[1]}/{other.key[2]} up to the learning rate: "
+                f"the same config as {other.name_in_task} up to the learning rate: "
                 "tune the rate with `peftrepro sweep` instead of adding a near-duplicate"
             )
     return problems

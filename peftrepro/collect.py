@@ -62,6 +62,11 @@ class Submission:
     def label(self) -> str:
         return "/".join(self.key)
 
+    @property
+    def name_in_task(self) -> str:
+        """method/name: unique within its task (a row's label, and what `supersedes` names)."""
+        return "/".join(self.key[1:])
+
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
     if path.is_symlink():

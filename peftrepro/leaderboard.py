@@ -173,12 +173,12 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         for s in subs
         if s.key[0] == task and s.manifest is not None and (r := build_row(s, t.score_key, t.prior_key))
     ]
-    by_key = {f"{r.sub.key[1]}/{r.sub.key[2]}": r for r in rows}
+    by_key = {r.sub.name_in_task: r for r in rows}
     for s in subs:
         old = s.manifest.raw.get("supersedes") if s.key[0] == task and s.manifest else None
         if isinstance(old, str) and (target := by_key.get(old)) is not None:
             target.status, target.front = "superseded", False
-            target.note = f"superseded by {s.key[1]}/{s.key[2]}" + (f"; {target.note}" if target.note else "")
+            target.note = f"superseded by {s.name_in_task}" + (f"; {target.note}" if target.note else "")
     candidates = [r for r in rows if r.status in ON_FRONT]
     for r, on in zip(
         candidates,

@@ -20,10 +20,6 @@ LABEL_SPOTS = [(4, 3, "left"), (4, -9, "left"), (-4, 3, "right"), (-4, -9, "righ
 LABEL_SPOTS += [(4, 10, "left"), (4, -16, "left"), (-4, 10, "right"), (-4, -16, "right")]
 
 
-def label_of(r: Row) -> str:
-    return f"{r.sub.key[1]}/{r.sub.key[2]}"
-
-
 def place_labels(ax, points: list[tuple[float, float]], labelled: list) -> list[tuple[int, int, str]]:
     """A spot for each label that overlaps no earlier label, no marker and no axes edge (the first spot
     when none is free). Widths are estimated from the character count, not measured, so that the
@@ -35,7 +31,7 @@ def place_labels(ax, points: list[tuple[float, float]], labelled: list) -> list[
     spots = []
     for r, x, y in labelled:
         px, py = to_px((x, y))
-        w, h = 0.6 * LABEL_SIZE * len(label_of(r)) * pt, 1.1 * LABEL_SIZE * pt
+        w, h = 0.6 * LABEL_SIZE * len(r.sub.name_in_task) * pt, 1.1 * LABEL_SIZE * pt
         candidates = []
         for dx, dy, ha in LABEL_SPOTS:
             x0 = px + dx * pt - (w if ha == "right" else 0)
@@ -135,7 +131,7 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
         spots = place_labels(ax, [(x, y) for _, x, y in pts], labelled)
         for (r, x, y), (dx, dy, ha) in zip(labelled, spots, strict=True):
             ax.annotate(
-                label_of(r),
+                r.sub.name_in_task,
                 (x, y),
                 xytext=(dx, dy),
                 textcoords="offset points",

@@ -240,8 +240,8 @@ def test_crowded_labels_take_distinct_spots_and_a_lone_label_keeps_the_first() -
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.set_xlim(0, 10), ax.set_ylim(0, 1)
-    crowd = [(SimpleNamespace(sub=SimpleNamespace(key=("t", f"m{i}", "r8"))), 5.0, 0.5) for i in range(4)]
-    lone = [(SimpleNamespace(sub=SimpleNamespace(key=("t", "alone", "r8"))), 2.0, 0.2)]
+    crowd = [(SimpleNamespace(sub=SimpleNamespace(name_in_task=f"m{i}/r8")), 5.0, 0.5) for i in range(4)]
+    lone = [(SimpleNamespace(sub=SimpleNamespace(name_in_task="alone/r8")), 2.0, 0.2)]
     labelled = crowd + lone
     spots = place_labels(ax, [(x, y) for _, x, y in labelled], labelled)
     plt.close(fig)
