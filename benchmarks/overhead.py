@@ -39,10 +39,9 @@ def measure(variant: str, steps: int, tiny: bool) -> dict[str, float]:
     import torch
 
     from peftrepro import peftconfig
-    from peftrepro.manifest import TrainingConfig
+    from peftrepro.runconfig import OPTIMIZERS, TrainingConfig
     from peftrepro.tasks import get_task
     from peftrepro.training import (
-        OPTIMIZERS,
         configure_determinism,
         lr_factor,
         seed_everything,

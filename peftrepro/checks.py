@@ -28,10 +28,10 @@ import torch
 from peft import AdaLoraConfig, PeftConfig, PeftModel
 
 from peftrepro import peftconfig
-from peftrepro.errors import PeftreproError
+from peftrepro.errors import CheckFailed
 from peftrepro.measure import adapter_files
 from peftrepro.metrics import CHECKS
-from peftrepro.tasks import Probe
+from peftrepro.tasks.base import Probe
 
 PASSED, FAILED = "passed", "failed"
 EXACT, APPROXIMATE, BY_DESIGN = "exact", "approximate", "not_identity_by_design"
@@ -106,14 +106,9 @@ class CheckResult:
         return out
 
 
-class CheckFailed(PeftreproError):
-    """A structural check failed: the run must not start."""
-
-    def __init__(self, file: str, method: str, results: list[CheckResult]) -> None:
-        self.results = results
-        failed = [r for r in results if not r.ok]
-        text = "; ".join(f"{r.name} failed: {r.detail}" for r in failed)
-        super().__init__(f"{file}: structural check of {method}: {text}")
+def failed(file: str, method: str, results: list[CheckResult]) -> CheckFailed:
+    """The error for a list of results of which some failed."""
+    return CheckFailed(file, method, [(r.name, r.detail) for r in results if not r.ok])
 
 
 def tensor_digest(t: torch.Tensor) -> str:

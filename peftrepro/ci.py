@@ -14,19 +14,23 @@ regenerated leaderboard). Writes a Markdown summary; exit 0 when every step pass
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_tree
-from peftrepro.errors import PeftreproError
+from peftrepro.collect import Submission, load_tree
+from peftrepro.console import Echo
+from peftrepro.errors import PeftreproError, UsageError
 from peftrepro.leaderboard import md
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
-from peftrepro.records import RUNS_DIR
+from peftrepro.pages import differences, render
+from peftrepro.records import RUNS_DIR, VERIFICATIONS_DIR
+from peftrepro.runners.local import run_local
 from peftrepro.scaffold import PLACEHOLDER
 from peftrepro.sweep import swept_config_sha256
 from peftrepro.tasks import get_task
+from peftrepro.validate import validate_one
+from peftrepro.verify import changed_submissions, changes_since, verify_claim
 
 PASS, FAIL, SKIP = "✓", "✗", "–"
 STEPS = ("policy", "validate", "smoke", "verify")
@@ -113,18 +117,14 @@ def policy_problems(sub: Submission, changes: dict[Path, str], others: list[Subm
 
 
 def smoke(manifest: ResolvedManifest, steps: int = SMOKE_STEPS) -> Outcome:
-    from peftrepro.runners.local import run_local
-
+    """A few training steps here; the record is looked at, never written."""
     short = dataclasses.replace(
         manifest, training=dataclasses.replace(manifest.training, max_steps=steps, eval_steps=steps)
     )
-    with tempfile.TemporaryDirectory(prefix="peftrepro-smoke-") as tmp:
-        outcome = run_local(short, seed=0, runs_dir=Path(tmp), progress=False)
-    if outcome.status != "success":
-        error = outcome.record.get("error") or {}
-        return Outcome(FAIL, f"{outcome.status}: {error.get('message', '')}")
-    loss = outcome.record["metrics"]["train_loss_final"]
-    return Outcome(PASS, f"{steps} steps, loss {loss:.3f}")
+    record = run_local(short, seed=0, progress=False).record
+    if record.status != "success":
+        return Outcome(FAIL, f"{record.status}: {record.error.message if record.error else ''}")
+    return Outcome(PASS, f"{steps} steps, loss {record.metrics['train_loss_final']:.3f}")
 
 
 def run_ci(
@@ -136,10 +136,6 @@ def run_ci(
     verify: bool = True,
     echo: Callable[[str], None] = lambda _: None,
 ) -> Report:
-    from peftrepro.pages import differences, render
-    from peftrepro.validate import validate_one
-    from peftrepro.verify import changed_submissions, changes_since, verify_claim
-
     changes = changes_since(root, ref)
     others, _ = load_tree(root)
     report = Report(ref)
@@ -197,3 +193,24 @@ def run_ci(
                 verdict = v.judgement.verdict
                 row["verify"] = Outcome(PASS if verdict == "reproduced" else FAIL, f"seed {seed}: {verdict}")
     return report
+
+
+def ci_command(
+    root: Path,
+    ref: str,
+    leaderboard_dir: Path,
+    summary: Path | None,
+    *,
+    smoke_steps: int,
+    verify: bool,
+    echo: Echo,
+) -> int:
+    """`peftrepro ci`: run the checks, print (and optionally write) the Markdown summary."""
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder")
+    report = run_ci(root, ref, leaderboard_dir, smoke_steps=smoke_steps, verify=verify, echo=echo.err)
+    text = report.markdown()
+    if summary is not None:
+        summary.write_text(text)
+    echo.out(text.removesuffix("\n"))
+    return 0 if report.ok else 1

@@ -1,7 +1,9 @@
-"""The `peftrepro` command. Commands stay thin: parse, call one library function, print.
+"""The `peftrepro` command. Commands stay thin: parse, call one library function, print, exit.
 
 User errors (PeftreproError) become one line on stderr and exit code 2 (1 for a failed run);
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Each command imports the library it calls inside
+its body, on purpose: `peftrepro --help` then starts in a fraction of a second instead of paying
+~4 s for torch (the library itself has no import circles: tests/test_layers.py).
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from typing import Any
 import click
 
 from peftrepro import __version__
-from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_RUN_FAILED, PeftreproError
+from peftrepro.console import Echo
+from peftrepro.errors import PeftreproError
 
+ECHO = Echo(out=click.echo, err=lambda line: click.echo(line, err=True))
 paths_argument = click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
-
-
 submissions_option = click.option(
     "--submissions",
     "root",
@@ -27,84 +29,77 @@ submissions_option = click.option(
     show_default=True,
     help="The submissions tree to read (verify: for --all and --changed-since).",
 )
+RUNNER_OPTIONS = [
+    click.option(
+        "--runner",
+        type=click.Choice(["local", "docker"]),
+        default=None,
+        help="Where runs happen (default: $PEFTREPRO_RUNNER or local; verify: the claim's runner).",
+    ),
+    click.option(
+        "--image", default=None, help="Container image (default: $PEFTREPRO_IMAGE or peftrepro:local)."
+    ),
+    click.option(
+        "--gpus",
+        type=click.Choice(["auto", "all", "none"]),
+        default=None,
+        help="Container GPUs: auto (when the engine has them), all (required), none.",
+    ),
+    click.option("--memory", default=None, help="Container memory limit, e.g. 8g."),
+    click.option("--cpus", type=click.FloatRange(0.1, 1024), default=None, help="Container CPU limit."),
+]
+EXECUTOR_OPTIONS = [
+    click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Where the jobs run: on this machine, or as tasks on a Ray cluster.",
+    ),
+    click.option(
+        "--jobs",
+        type=click.IntRange(1, 256),
+        default=1,
+        show_default=True,
+        help="local: jobs at a time, each in its own process.",
+    ),
+    click.option(
+        "--address",
+        default="auto",
+        show_default=True,
+        help="ray: the cluster: auto (this machine's `ray start`), ray://host:port, or local "
+        "(a throw-away instance here).",
+    ),
+    click.option(
+        "--retries",
+        type=click.IntRange(0, 10),
+        default=2,
+        show_default=True,
+        help="ray: times a job is re-run when its worker or node is lost.",
+    ),
+]
 
 
-def runner_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--runner and the container options, declared once for `run` and `verify`."""
-    options = [
-        click.option(
-            "--runner",
-            type=click.Choice(["local", "docker"]),
-            default=None,
-            help="Where runs happen (default: $PEFTREPRO_RUNNER or local; verify: the claim's runner).",
-        ),
-        click.option(
-            "--image", default=None, help="Container image (default: $PEFTREPRO_IMAGE or peftrepro:local)."
-        ),
-        click.option(
-            "--gpus",
-            type=click.Choice(["auto", "all", "none"]),
-            default=None,
-            help="Container GPUs: auto (when the engine has them), all (required), none.",
-        ),
-        click.option("--memory", default=None, help="Container memory limit, e.g. 8g."),
-        click.option("--cpus", type=click.FloatRange(0.1, 1024), default=None, help="Container CPU limit."),
-    ]
-    return _with_options(options, f)
+def with_options(options: list[Callable[..., Any]]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Options declared once, applied to every command that takes them."""
+
+    def apply(f: Callable[..., Any]) -> Callable[..., Any]:
+        for option in reversed(options):
+            f = option(f)
+        return f
+
+    return apply
 
 
-def executor_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--executor and its options, declared once for `run`, `verify` and `sweep`."""
-    options = [
-        click.option(
-            "--executor",
-            type=click.Choice(["local", "ray"]),
-            default="local",
-            show_default=True,
-            help="Where the jobs run: on this machine, or as tasks on a Ray cluster.",
-        ),
-        click.option(
-            "--jobs",
-            type=click.IntRange(1, 256),
-            default=1,
-            show_default=True,
-            help="local: jobs at a time, each in its own process.",
-        ),
-        click.option(
-            "--address",
-            default="auto",
-            show_default=True,
-            help="ray: the cluster: auto (this machine's `ray start`), ray://host:port, or local "
-            "(a throw-away instance here).",
-        ),
-        click.option(
-            "--retries",
-            type=click.IntRange(0, 10),
-            default=2,
-            show_default=True,
-            help="ray: times a job is re-run when its worker or node is lost.",
-        ),
-    ]
-    return _with_options(options, f)
+def executor_choice(options: dict[str, Any]) -> Any:
+    from peftrepro.executors.batch import ExecutorChoice
+
+    return ExecutorChoice(*(options.pop(k) for k in ("executor", "jobs", "address", "retries")))
 
 
-def make_executor(executor: str, jobs: int, address: str, retries: int) -> Any:
-    from peftrepro.executors import get_executor
-
-    if executor == "ray" and jobs != 1:
-        _fail("--jobs is for --executor local; Ray places jobs by the resources they ask for", EXIT_BAD_INPUT)
-    return get_executor(executor, jobs=jobs, address=address, retries=retries)
-
-
-def _with_options(options: list[Callable[..., Any]], f: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(options):
-        f = option(f)
-    return f
-
-
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
+def runner_options(options: dict[str, Any]) -> dict[str, Any]:
+    """--image, --gpus, --memory, --cpus as the docker runner takes them (unset ones left out)."""
+    return {k: v for k in ("image", "gpus", "memory", "cpus") if (v := options.pop(k)) is not None}
 
 
 class PeftreproGroup(click.Group):
@@ -112,8 +107,8 @@ class PeftreproGroup(click.Group):
         try:
             return super().invoke(ctx)
         except PeftreproError as e:
-            _fail(e.message, e.exit_code)
-            return None
+            click.echo(f"error: {e.message}", err=True)
+            sys.exit(e.exit_code)
 
 
 @click.group(cls=PeftreproGroup)
@@ -137,28 +132,11 @@ def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
     PATHS may be manifest files, submission folders or trees (default: submissions/). On the GPU
     tracks the config is attached to the model's architecture without its weights (meta device).
     """
-    from peftrepro.checks import summary
-    from peftrepro.validate import validate_paths
+    from peftrepro.validate import validate_command
 
-    if deep and no_attach:
-        _fail("--deep needs the task's model; drop --no-attach", EXIT_BAD_INPUT)
-    results = validate_paths(list(paths) or [Path("submissions")], attach=not no_attach, deep=deep)
-    if not results:
-        _fail(
-            "no manifest.json found under " + ", ".join(map(str, paths or ("submissions",))), EXIT_BAD_INPUT
-        )
-    for r in results:
-        if r.error is not None:
-            click.echo(f"error: {r.error.message}", err=True)
-        elif r.trainable_params is not None:
-            checked = f"; {summary(r.checks)}" if r.checks else ""
-            click.echo(
-                f"ok {r.path}: {r.trainable_params:,} trainable of {r.total_params:,} parameters{checked}"
-            )
-        else:
-            click.echo(f"ok {r.path}" + (f": {r.note}" if r.note else ""))
-    if any(not r.ok for r in results):
-        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(
+        validate_command(list(paths) or [Path("submissions")], attach=not no_attach, deep=deep, echo=ECHO)
+    )
 
 
 def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
@@ -188,85 +166,31 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
     default=None,
     help="Where to write the records (default: each submission's runs/ folder).",
 )
-@runner_options
-@executor_options
+@with_options(RUNNER_OPTIONS)
+@with_options(EXECUTOR_OPTIONS)
 def run(
-    paths: tuple[Path, ...],
-    seed: int | None,
-    seeds: list[int] | None,
-    runs_dir: Path | None,
-    runner: str | None,
-    executor: str,
-    jobs: int,
-    address: str,
-    retries: int,
-    **docker: Any,
+    paths: tuple[Path, ...], seed: int | None, seeds: list[int] | None, runs_dir: Path | None, **options: Any
 ) -> None:
     """Run submissions and write one run record per seed (local by default, or in a container).
 
     PATHS may be manifest files, submission folders or trees. Every manifest is checked before
     any run starts; each run is a job in a fresh process, here (--jobs at a time) or on Ray.
     """
-    from peftrepro.executors import Job, JobResult
-    from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.records import RUNS_DIR
-    from peftrepro.runners import default_kind
-    from peftrepro.runners.local import land
+    from peftrepro.errors import UsageError
+    from peftrepro.executors.batch import run_submissions
 
     if seed is not None and seeds is not None:
-        _fail("give --seed or --seeds, not both", EXIT_BAD_INPUT)
-    if not paths:
-        _fail("name the submissions to run (manifest files, submission folders or trees)", EXIT_BAD_INPUT)
-    manifests = {m.path: m for m in map(resolve, find_manifests(paths))}
-    if not manifests:
-        _fail("no manifest.json found under " + ", ".join(map(str, paths)), EXIT_BAD_INPUT)
-    kind = runner or default_kind()
-    if kind not in ("local", "docker"):
-        _fail(f"runner {kind!r} is not available; available: local, docker", EXIT_BAD_INPUT)
-    folder_of: dict[str, Path] = {}
-    planned = []
-    for m in manifests.values():
-        for s in seeds or [m.training.seed if seed is None else seed]:
-            job = Job.for_manifest(m, seed=s, runner=kind, runner_options=docker)
-            if job.key in folder_of:
-                _fail(f"{job.rel} is named twice ({folder_of[job.key]}, {m.folder})", EXIT_BAD_INPUT)
-            folder_of[job.key] = m.folder
-            planned.append(job)
-    codes: list[int] = []
-
-    def start(job: Job, where: str) -> None:
-        note = f" on {where}" if executor == "ray" else ""
-        click.echo(f"running {job.key} (manifest {job.manifest_sha256[:12]}){note}", err=True)
-
-    def done(result: JobResult) -> None:
-        if result.status == "refused":
-            click.echo(f"error: {result.error}", err=True)
-            codes.append(EXIT_BAD_INPUT)
-            return
-        outcome = land(result, runs_dir or folder_of[result.job.key] / RUNS_DIR)
-        attempts = f" (attempts: {result.attempts})" if result.attempts > 1 else ""
-        click.echo(summary_line(outcome.record) + attempts)
-        click.echo(f"record: {outcome.path}")
-        error = outcome.record["error"] or {}
-        if error.get("type") == "CheckFailed":  # the manifest's whatever the seed: its others are skipped
-            click.echo(f"error: {error['message']}", err=True)
-            codes.append(EXIT_BAD_INPUT)
-        elif outcome.status == "cancelled":
-            codes.append(EXIT_CANCELLED)
-        elif outcome.status == "failed":
-            codes.append(EXIT_RUN_FAILED)
-
-    finished = make_executor(executor, jobs, address, retries).map(planned, start, done)
-    if len(planned) > 1:
-        click.echo(f"{len(finished)} of {len(planned)} runs recorded")
-    if len(finished) < len(planned) and not codes:
-        codes.append(EXIT_CANCELLED)
-    sys.exit(max(codes, key=_severity, default=0))
-
-
-def _severity(code: int) -> int:
-    """Which exit code a batch reports: bad input, then cancelled, then a failed run."""
-    return {EXIT_BAD_INPUT: 3, EXIT_CANCELLED: 2, EXIT_RUN_FAILED: 1}.get(code, 0)
+        raise UsageError("give --seed or --seeds, not both")
+    code = run_submissions(
+        paths,
+        seeds=seeds or ([seed] if seed is not None else None),
+        runs_dir=runs_dir,
+        runner=options.pop("runner"),
+        executor=executor_choice(options),
+        runner_options=runner_options(options),
+        echo=ECHO,
+    )
+    sys.exit(code)
 
 
 def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
@@ -293,17 +217,9 @@ def parse_lrs(ctx: click.Context, param: click.Parameter, value: str) -> list[fl
     help="While the best rate is at an edge, train one more a grid step beyond it, up to N times.",
 )
 @click.option("--apply", is_flag=True, help="Also set the manifest's learning rate to the chosen one.")
-@executor_options
+@with_options(EXECUTOR_OPTIONS)
 def sweep(
-    paths: tuple[Path, ...],
-    lrs: list[float],
-    seed: int,
-    extend: int,
-    apply: bool,
-    executor: str,
-    jobs: int,
-    address: str,
-    retries: int,
+    paths: tuple[Path, ...], lrs: list[float], seed: int, extend: int, apply: bool, **options: Any
 ) -> None:
     """Learning-rate sweep of submissions on the validation split (never the test split).
 
@@ -313,61 +229,12 @@ def sweep(
     re-trained. Each submission's sweep is one job (here, --jobs at a time, or on Ray); Ctrl-C
     writes nothing for a sweep that had not finished.
     """
-    from peftrepro.executors import Job, JobResult
-    from peftrepro.manifest import find_manifests, resolve
-    from peftrepro.sweep import apply_lr, load_previous, point_line, write_sweep
+    from peftrepro.executors.batch import sweep_submissions
 
-    if not paths:
-        _fail("name the submissions to sweep (manifest files, submission folders or trees)", EXIT_BAD_INPUT)
-    manifests: dict[str, Any] = {}
-    planned = []
-    for m in map(resolve, find_manifests(paths)):
-        spec = {"lrs": lrs, "extend": extend, "previous": load_previous(m.folder)}
-        job = Job.for_manifest(m, seed=seed, sweep=spec)
-        if job.key in manifests:
-            _fail(f"{job.rel} is named twice ({manifests[job.key].folder}, {m.folder})", EXIT_BAD_INPUT)
-        manifests[job.key] = m
-        planned.append(job)
-    if not planned:
-        _fail("no manifest.json found under " + ", ".join(map(str, paths)), EXIT_BAD_INPUT)
-    codes: list[int] = []
-
-    def start(job: Job, where: str) -> None:
-        note = f" on {where}" if executor == "ray" else ""
-        click.echo(f"sweeping {job.rel} over lr {', '.join(f'{x:g}' for x in lrs)}{note}", err=True)
-
-    def done(result: JobResult) -> None:
-        manifest, label = manifests[result.job.key], result.job.rel
-        if result.status == "refused":
-            click.echo(f"error: {result.error}", err=True)
-            codes.append(EXIT_BAD_INPUT)
-            return
-        if result.record is None:  # cancelled (or its process died): nothing written
-            click.echo(f"{label}: {result.error or result.status}: no sweep written", err=True)
-            codes.append(EXIT_CANCELLED if result.status == "cancelled" else EXIT_RUN_FAILED)
-            return
-        record = result.record
-        for point in record["points"]:
-            click.echo(point_line(label, point))
-        out = write_sweep(manifest.folder, record)
-        if record["chosen_lr"] is None:
-            click.echo(f"{label}: every rate failed; see {out}", err=True)
-            codes.append(EXIT_RUN_FAILED)
-            return
-        edge = " (still at the edge of the rates tried: widen the grid)" if record["at_grid_edge"] else ""
-        if record["reused_lrs"]:
-            reused = ", ".join(f"{x:g}" for x in record["reused_lrs"])
-            click.echo(f"{label}: reused from the previous sweep.json: lr {reused}")
-        click.echo(f"{label}: chosen lr {record['chosen_lr']:g}{edge} -> {out}")
-        if apply and apply_lr(manifest, record["chosen_lr"]):
-            click.echo(f"{manifest.path}: training.optimizer_kwargs.lr = {record['chosen_lr']:g}")
-        elif apply:
-            click.echo(f"{manifest.path}: already uses lr {record['chosen_lr']:g}; unchanged")
-
-    finished = make_executor(executor, jobs, address, retries).map(planned, start, done)
-    if len(finished) < len(planned) and not codes:
-        codes.append(EXIT_CANCELLED)
-    sys.exit(max(codes, key=_severity, default=0))
+    executor = executor_choice(options)
+    sys.exit(
+        sweep_submissions(paths, lrs=lrs, seed=seed, extend=extend, apply=apply, executor=executor, echo=ECHO)
+    )
 
 
 @main.command()
@@ -377,8 +244,8 @@ def sweep(
 @click.option("--all-seeds", is_flag=True, help="Re-run every claimed seed (default: one, chosen at random).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Re-run this claimed seed.")
 @submissions_option
-@runner_options
-@executor_options
+@with_options(RUNNER_OPTIONS)
+@with_options(EXECUTOR_OPTIONS)
 def verify(
     paths: tuple[Path, ...],
     all_: bool,
@@ -386,85 +253,28 @@ def verify(
     all_seeds: bool,
     seed: int | None,
     root: Path,
-    runner: str | None,
-    executor: str,
-    jobs: int,
-    address: str,
-    retries: int,
-    **docker: Any,
+    **options: Any,
 ) -> None:
     """Re-run submissions' claimed records and judge them under each task's tolerance policy.
 
     Writes verifications/<id>.json beside each submission's runs/. Exit 0 when every claim
     checked was reproduced, 1 when any was not (not_reproduced or not_comparable), 2 on bad input.
     """
-    from peftrepro.collect import Submission
-    from peftrepro.compare import VERDICTS
-    from peftrepro.verify import (
-        Verification,
-        changed_submissions,
-        report,
-        select,
-        verify_all,
-    )
+    from peftrepro.verify import verify_submissions
 
-    if seed is not None and all_seeds:
-        _fail("give --seed or --all-seeds, not both", EXIT_BAD_INPUT)
-    if bool(paths) + all_ + (changed_since is not None) != 1:
-        _fail("name submissions (PATH...), or give --all or --changed-since GIT_REF", EXIT_BAD_INPUT)
-    if paths:
-        subs = select(paths)
-        missing = [s for s in subs if not s.claims]
-    else:
-        if not root.is_dir():
-            _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
-        folders = (
-            changed_submissions(root, changed_since)
-            if changed_since
-            else sorted(p.parent for p in root.glob("*/*/*/manifest.json"))
-        )
-        subs = select(folders)
-        missing = []
-        for s in [s for s in subs if not s.claims]:
-            click.echo(f"skip {s.label}: no success record for its current manifest", err=True)
-        subs = [s for s in subs if s.claims]
-    for s in missing:
-        _fail(
-            f"{s.label}: no success record for its current manifest; run `peftrepro run {s.folder}` first",
-            EXIT_BAD_INPUT,
-        )
-    if not subs:
-        click.echo("nothing to verify")
-        return
-
-    def start(sub: Submission, s: int, claim: Path, where: str) -> None:
-        note = f" on {where}" if executor == "ray" else ""
-        click.echo(f"{sub.label} seed {s}: re-running the claim {claim}{note}", err=True)
-
-    def done(v: Verification) -> None:
-        if v.error is not None:
-            click.echo(f"error: {v.error}", err=True)
-            return
-        click.echo(f"{v.submission} seed {v.seed}:")
-        click.echo(report(v))
-
-    results = verify_all(
-        subs,
+    code = verify_submissions(
+        paths,
+        all_=all_,
+        changed_since=changed_since,
         all_seeds=all_seeds,
         seed=seed,
-        runner=runner,
-        options=docker,
-        executor=make_executor(executor, jobs, address, retries),
-        on_start=start,
-        on_done=done,
+        root=root,
+        runner=options.pop("runner"),
+        executor=executor_choice(options),
+        runner_options=runner_options(options),
+        echo=ECHO,
     )
-    counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
-    click.echo("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
-    if any(v.error is not None for v in results):
-        sys.exit(EXIT_BAD_INPUT)
-    if any(v.judgement is None for v in results):
-        sys.exit(EXIT_CANCELLED)
-    sys.exit(0 if counts["reproduced"] == len(results) else 1)
+    sys.exit(code)
 
 
 @main.command()
@@ -479,25 +289,9 @@ def verify(
 )
 def leaderboard(check: bool, root: Path, out: Path) -> None:
     """Regenerate the Markdown leaderboard from the records alone (byte-identical for identical input)."""
-    from peftrepro.pages import differences, render, write
+    from peftrepro.pages import leaderboard_command
 
-    if not root.is_dir():
-        _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
-    files, problems = render(root, out)
-    for line in problems:
-        click.echo(f"ignored {line}", err=True)
-    if check:
-        stale = differences(out, files)
-        if stale:
-            click.echo(f"{out} is out of date ({', '.join(stale)}); regenerate with `peftrepro leaderboard`")
-            sys.exit(1)
-        click.echo(f"{out} is up to date ({len(files)} files)")
-        return
-    changed = write(out, files)
-    click.echo(
-        f"wrote {out}: {len(changed)} of {len(files)} files changed"
-        + (f" ({', '.join(changed)})" if changed else "")
-    )
+    sys.exit(leaderboard_command(root, out, check=check, echo=ECHO))
 
 
 @main.command()
@@ -517,21 +311,10 @@ def new(task: str, method: str, name: str, source: Path | None, root: Path) -> N
     The PEFT config lists every field of the method's config class with the installed peft's
     default (`--from` copies another submission's config and training settings instead).
     """
-    from peftrepro.scaffold import new_submission, next_steps
-    from peftrepro.validate import validate_one
+    from peftrepro.scaffold import new_command
 
-    path = new_submission(root, task, method, name, source)
-    click.echo(f"wrote {path}")
-    checked = validate_one(path)  # attaches it to the task's model: the defaults may not fit it
-    if checked.error is not None:
-        click.echo(f"note: {checked.error.message}; edit peft_config before running it")
-    else:
-        click.echo(
-            f"it attaches: {checked.trainable_params:,} trainable of {checked.total_params:,} parameters"
-        )
-    click.echo("next:")
-    for line in next_steps(path):
-        click.echo(f"  {line}")
+    for line in new_command(root, task, method, name, source):
+        click.echo(line)
 
 
 @main.command("import")
@@ -546,32 +329,9 @@ def import_(path: Path, dry_run: bool, root: Path) -> None:
     default_training_params.json is reproduced exactly; each place where it differs from
     peftrepro's key-by-key merge is printed. Exit 2 if any experiment could not be converted.
     """
-    from peftrepro.importer import NotConvertible, check, convert, find_experiments, write
+    from peftrepro.importer import import_experiments
 
-    try:
-        folders = find_experiments(path)
-    except NotConvertible as e:
-        _fail(str(e), EXIT_BAD_INPUT)
-    if not folders:
-        _fail(
-            f"{path}: no experiment folders (experiments/<method>/<name>/adapter_config.json)", EXIT_BAD_INPUT
-        )
-    failed = 0
-    for folder in folders:
-        try:
-            imported = convert(folder)
-            check(imported, root)
-            where = root / imported.relpath if dry_run else write(imported, root)
-        except NotConvertible as e:
-            failed += 1
-            click.echo(f"cannot import: {e}")
-            continue
-        click.echo(f"{'would import' if dry_run else 'imported'} {imported.experiment} -> {where}")
-        for note in imported.notes:
-            click.echo(f"  note: {note}")
-    click.echo(f"{len(folders) - failed} of {len(folders)} experiments converted")
-    if failed:
-        sys.exit(EXIT_BAD_INPUT)
+    sys.exit(import_experiments(path, root, dry_run=dry_run, echo=click.echo))
 
 
 @main.command("list")
@@ -579,19 +339,9 @@ def import_(path: Path, dry_run: bool, root: Path) -> None:
 @submissions_option
 def list_(what: str, root: Path) -> None:
     """Show the tasks, the method families (and unsupported PEFT types), or the submissions with status."""
-    from tabulate import tabulate
+    from peftrepro.scaffold import listing
 
-    from peftrepro import scaffold
-
-    if what == "tasks":
-        headers, rows = ["task", "version", "base model", "score", "training budget"], scaffold.list_tasks()
-    elif what == "methods":
-        headers, rows = ["method family", "runs"], scaffold.list_methods()
-    else:
-        if not root.is_dir():
-            _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
-        headers, rows = ["submission", "status", "detail"], scaffold.list_submissions(root)
-    click.echo(tabulate(rows, headers=headers, tablefmt="simple"))
+    click.echo(listing(what, root))
 
 
 @main.command()
@@ -606,53 +356,19 @@ def list_(what: str, root: Path) -> None:
 def ci(ref: str, summary: Path | None, smoke_steps: int, no_verify: bool, root: Path, board: Path) -> None:
     """The pull-request check, locally: policy, validate --deep, a smoke run and verify for each
     submission changed since GIT_REF, then leaderboard --check. Exit 0 when all passed, 1 if not."""
-    from peftrepro.ci import run_ci
+    from peftrepro.ci import ci_command
 
-    if not root.is_dir():
-        _fail(f"{root}: no such folder", EXIT_BAD_INPUT)
-    report = run_ci(
-        root,
-        ref,
-        board,
-        smoke_steps=smoke_steps,
-        verify=not no_verify,
-        echo=lambda s: click.echo(s, err=True),
-    )
-    text = report.markdown()
-    if summary is not None:
-        summary.write_text(text)
-    click.echo(text, nl=False)
-    sys.exit(0 if report.ok else 1)
+    sys.exit(ci_command(root, ref, board, summary, smoke_steps=smoke_steps, verify=not no_verify, echo=ECHO))
 
 
 @main.command()
 @click.argument("task")
 def fetch(task: str) -> None:
     """Put a task's pinned assets into the cache (the only step that may use the network)."""
-    from peftrepro.tasks import get_task, task_names
+    from peftrepro.tasks import fetch_task
 
-    if task not in task_names():
-        _fail(f"unknown task {task!r}; tasks: {', '.join(task_names())}", EXIT_BAD_INPUT)
-    get_task(task).fetch()
+    fetch_task(task)
     click.echo(f"fetched {task}")
-
-
-def summary_line(record: dict) -> str:
-    from peftrepro.pages import prior_format
-    from peftrepro.tasks import get_task
-
-    m, sub = record["metrics"], record["submission"]
-    head = f"{sub['task']}/{sub['method']}/{sub['name']} seed {record['seed']}: {record['status']}"
-    if record["status"] != "success":
-        return f"{head} after {m.get('steps_completed', 0)} steps ({record['error']['message']})"
-    t = get_task(sub["task"])
-    score, prior = t.score_key, t.prior_key
-    return (
-        f"{head}; {score} {m[score]:.3f} (base {m['base_' + score]:.3f}), "
-        f"{prior} {m[prior]:{prior_format(prior, 4)}}, {m['trainable_params']:,} trainable params, "
-        f"train {m['train_seconds']:.1f} s of {m['total_seconds']:.1f} s, "
-        f"peak memory {m['peak_memory_bytes'] / 2**30:.2f} GiB"
-    )
 
 
 if __name__ == "__main__":

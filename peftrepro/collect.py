@@ -23,25 +23,50 @@ from peftrepro.compare import judge
 from peftrepro.errors import InputError, PeftreproError, safe_text
 from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
-from peftrepro.records import RECORD_SCHEMA_VERSION, RUNS_DIR
+from peftrepro.metrics import VerificationPolicy
+from peftrepro.records import (
+    RECORD_SCHEMA_VERSION,
+    RUNS_DIR,
+    VERIFICATIONS_DIR,
+    RunRecord,
+    VerificationRecord,
+    parse_record,
+    parse_verification,
+)
 from peftrepro.sweep import SWEEP_FILE
 from peftrepro.tasks import get_task, task_names
 
-VERIFICATIONS_DIR = "verifications"
 RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-s[0-9]{1,10}-[0-9a-f]{6}")
 
 
 @dataclass(frozen=True)
 class Stored:
-    """A record or verification as read from disk; `sha256` is over the file's exact bytes."""
+    """A run record as read from disk; `sha256` is over the file's exact bytes. A record of another
+    toolkit's format (shown as stale only) is read leniently: see RunRecord.foreign."""
 
     path: Path
-    data: dict[str, Any]
+    record: RunRecord
     sha256: str
 
     @property
     def run_id(self) -> str:
-        return str(self.data.get("run_id") or self.data.get("verification_id"))
+        return self.record.run_id
+
+
+@dataclass(frozen=True)
+class StoredVerification:
+    path: Path
+    verification: VerificationRecord
+    sha256: str
+
+
+@dataclass(frozen=True)
+class StoredSweep:
+    """sweep.json as read from disk (sweep records stay JSON objects: sweep.py reads and writes them)."""
+
+    path: Path
+    data: dict[str, Any]
+    sha256: str
 
 
 @dataclass
@@ -54,8 +79,8 @@ class Submission:
     latest: Stored | None = None  # newest record of the current manifest, any status
     stale: Stored | None = None  # newest success of an earlier manifest or task version
     stale_reason: str | None = None
-    verifications: dict[str, Stored] = field(default_factory=dict)  # claim run_id -> newest applicable
-    sweep: Stored | None = None  # sweep.json, schema-valid and for this folder
+    verifications: dict[str, StoredVerification] = field(default_factory=dict)  # claim run_id -> newest
+    sweep: StoredSweep | None = None  # sweep.json, schema-valid and for this folder
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
@@ -135,7 +160,7 @@ def _load_sweep(sub: Submission) -> None:
     if (s["task"], s["method"], s["name"]) != sub.key:
         sub.ignored.append((path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder"))
         return
-    sub.sweep = Stored(path, data, sha)
+    sub.sweep = StoredSweep(path, data, sha)
 
 
 def _load_records(sub: Submission) -> None:
@@ -149,13 +174,13 @@ def _load_records(sub: Submission) -> None:
         except (JSONReadError, OSError) as e:
             sub.ignored.append((path, str(e)))
             continue
-        record = Stored(path, data, sha)
         header = _header(data)
         fmt = data.get("schema_version")
         if type(fmt) is int and fmt != RECORD_SCHEMA_VERSION:  # another toolkit's record format
             why = f"record format v{fmt} (this toolkit reads v{RECORD_SCHEMA_VERSION})"
-            if header[0] == "success" and sub.stale is None and sub.latest is None and _bound(sub, record):
-                sub.stale, sub.stale_reason = record, why + "; re-run it"
+            foreign = Stored(path, RunRecord.foreign(data), sha)
+            if header[0] == "success" and sub.stale is None and sub.latest is None and _bound(sub, foreign):
+                sub.stale, sub.stale_reason = foreign, why + "; re-run it"
             elif header[0] is None:
                 sub.ignored.append((path, why))
             continue
@@ -167,66 +192,69 @@ def _load_records(sub: Submission) -> None:
             wanted = sub.latest is None or (success and header[1] not in sub.claims)
         else:
             wanted = sub.stale is None and success and sub.latest is None
-        if not wanted or not _usable(sub, record):
+        if not wanted:
+            continue
+        record = _usable(sub, path, data, sha)
+        if record is None:
             continue
         if current:
             sub.latest = sub.latest or record
             if success:
-                sub.claims[data["seed"]] = record
+                sub.claims[record.record.seed] = record
         else:
             sub.stale = record
-            sub.stale_reason = _stale_reason(data, m, version)
+            sub.stale_reason = _stale_reason(record.record, m, version)
 
 
-def _usable(sub: Submission, record: Stored) -> bool:
-    """Schema-valid and bound to this folder and file name; otherwise listed as ignored."""
+def _usable(sub: Submission, path: Path, data: dict[str, Any], sha: str) -> Stored | None:
+    """The record if it is schema-valid and bound to this folder and file name; otherwise None,
+    and the reason listed as ignored."""
     try:
-        schemas.check(record.data, schemas.RUN_RECORD, str(record.path), InputError)
+        record = Stored(path, parse_record(data, str(path)), sha)
     except InputError as e:
-        sub.ignored.append((record.path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
-        return False
-    missing = _missing_task_metrics(record.data, sub.key[0])
+        sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
+        return None
+    missing = _missing_task_metrics(record.record, sub.key[0])
     if missing:
-        sub.ignored.append((record.path, f"/metrics: a {sub.key[0]} record needs {', '.join(missing)}"))
-        return False
-    return _bound(sub, record)
+        sub.ignored.append((path, f"/metrics: a {sub.key[0]} record needs {', '.join(missing)}"))
+        return None
+    return record if _bound(sub, record) else None
 
 
-def _missing_task_metrics(data: dict[str, Any], task_name: str) -> list[str]:
+def _missing_task_metrics(record: RunRecord, task_name: str) -> list[str]:
     """The task's own metrics a success record lacks (the schema knows only the two kinds of task)."""
-    if data["status"] != "success" or task_name not in task_names():
+    if record.status != "success" or task_name not in task_names():
         return []
     t = get_task(task_name)
-    return [k for k in (t.score_key, "base_" + t.score_key, t.prior_key) if k not in data["metrics"]]
+    return [k for k in (t.score_key, "base_" + t.score_key, t.prior_key) if k not in record.metrics]
 
 
-def _bound(sub: Submission, record: Stored) -> bool:
+def _bound(sub: Submission, stored: Stored) -> bool:
     """Bound to this folder and file name (checked on a record in any format with a readable header)."""
-    s = record.data["submission"]
-    owner = (s.get("task"), s.get("method"), s.get("name"))
+    owner = stored.record.submission.key
     if owner != sub.key:
-        sub.ignored.append((record.path, f"belongs to {'/'.join(map(str, owner))}, not to this folder"))
+        sub.ignored.append((stored.path, f"belongs to {'/'.join(map(str, owner))}, not to this folder"))
         return False
-    if record.data.get("run_id") != record.path.stem:
+    if stored.record.run_id != stored.path.stem:
         sub.ignored.append(
-            (record.path, f"run_id {safe_text(str(record.data.get('run_id')))} does not match the file name")
+            (stored.path, f"run_id {safe_text(stored.record.run_id)} does not match the file name")
         )
         return False
     return True
 
 
-def _stale_reason(data: dict[str, Any], m: ResolvedManifest | None, version: str | None) -> str:
+def _stale_reason(record: RunRecord, m: ResolvedManifest | None, version: str | None) -> str:
     if m is None:
         return "its manifest no longer resolves"
-    if data["submission"]["task_version"] != version:
-        return f"task version {data['submission']['task_version']} (now {version})"
-    was = data["submission"]["manifest_sha256"][:12]
+    if record.submission.task_version != version:
+        return f"task version {record.submission.task_version} (now {version})"
+    was = record.submission.manifest_sha256[:12]
     return f"manifest changed since the run (sha256 {was}, now {m.sha256[:12]})"
 
 
 def _load_verifications(sub: Submission) -> None:
     assert sub.manifest is not None
-    by_run_id = {r.data["run_id"]: r for r in sub.claims.values()}
+    by_run_id = {r.run_id: r for r in sub.claims.values()}
     policy = get_task(sub.manifest.task).verification
     for path in _files(sub.folder / VERIFICATIONS_DIR, sub.ignored):
         try:
@@ -244,28 +272,30 @@ def _load_verifications(sub: Submission) -> None:
             continue
         if claim.run_id in sub.verifications:
             continue  # a newer verification of this claim was found
-        problem = _verification_problem(data, path, claim, policy)
+        try:
+            v = parse_verification(data, str(path))
+        except InputError as e:
+            sub.ignored.append((path, f"{e.pointer}: {e.expected}" if e.pointer else e.expected))
+            continue
+        problem = _verification_problem(v, path, claim, policy)
         if problem:
             sub.ignored.append((path, problem))
         else:
-            sub.verifications[claim.run_id] = Stored(path, data, sha)
+            sub.verifications[claim.run_id] = StoredVerification(path, v, sha)
 
 
-def _verification_problem(data: dict[str, Any], path: Path, claim: Stored, policy: Any) -> str | None:
-    try:
-        schemas.check(data, schemas.VERIFICATION, str(path), InputError)
-        schemas.check(data["rerun"], schemas.RUN_RECORD, str(path), InputError)
-    except InputError as e:
-        return f"{e.pointer}: {e.expected}" if e.pointer else e.expected
-    if data["verification_id"] != path.stem:
+def _verification_problem(
+    v: VerificationRecord, path: Path, claim: Stored, policy: VerificationPolicy
+) -> str | None:
+    if v.verification_id != path.stem:
         return "verification_id does not match the file name"
-    if data["claim"]["record_sha256"] != claim.sha256:
+    if v.claim.record_sha256 != claim.sha256:
         return f"the record it verified ({claim.path.name}) has changed since: it no longer counts"
-    if data["rerun"]["submission"]["manifest_sha256"] != claim.data["submission"]["manifest_sha256"]:
+    if v.rerun.submission.manifest_sha256 != claim.record.submission.manifest_sha256:
         return "its re-run ran a different manifest"
-    verdict = judge(claim.data, data["rerun"], policy).verdict
-    if verdict != data["verdict"]:
-        return f"says {data['verdict']} but its own re-run gives {verdict}"
+    verdict = judge(claim.record, v.rerun, policy).verdict
+    if verdict != v.verdict:
+        return f"says {v.verdict} but its own re-run gives {verdict}"
     return None
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from peftrepro.metrics import METRICS, Metric, VerificationPolicy
+from peftrepro.records import RunRecord
 from peftrepro.schemas import show
 
 REPRODUCED, NOT_REPRODUCED, NOT_COMPARABLE = "reproduced", "not_reproduced", "not_comparable"
@@ -135,11 +136,11 @@ def _distribution_diff(claimed: list[Any], measured: list[Any]) -> list[dict[str
     ]
 
 
-def checks_comparison(claim: dict[str, Any], rerun: dict[str, Any]) -> Comparison:
+def checks_comparison(claim: RunRecord, rerun: RunRecord) -> Comparison:
     """The structural checks' outcomes, exact: a claim cannot show checks its re-run fails."""
 
-    def statuses(record: dict[str, Any]) -> dict[str, Any]:
-        found = record.get("checks") or {}
+    def statuses(record: RunRecord) -> dict[str, Any]:
+        found = record.checks or {}
         return {k: v.get("status") for k, v in sorted(found.items()) if isinstance(v, dict)}
 
     claimed, measured = statuses(claim), statuses(rerun)
@@ -153,13 +154,13 @@ def checks_comparison(claim: dict[str, Any], rerun: dict[str, Any]) -> Compariso
     return Comparison("checks", "exact", claimed, measured, "mismatch", "differ: " + ", ".join(differ))
 
 
-def judge(claim: dict[str, Any], rerun: dict[str, Any], policy: VerificationPolicy) -> Judgement:
+def judge(claim: RunRecord, rerun: RunRecord, policy: VerificationPolicy) -> Judgement:
     """The verdict on `claim` given a re-run of the same manifest and seed."""
-    env_c, env_m = claim.get("environment") or {}, rerun.get("environment") or {}
+    env_c, env_m = claim.environment, rerun.environment
     env_diff = environment_diff(env_c, env_m)
-    if rerun.get("status") != "success":
-        message = (rerun.get("error") or {}).get("message", "")
-        return Judgement(NOT_REPRODUCED, [], env_diff, [f"the re-run {rerun.get('status')}: {message}"])
+    if rerun.status != "success":
+        message = rerun.error.message if rerun.error else ""
+        return Judgement(NOT_REPRODUCED, [], env_diff, [f"the re-run {rerun.status}: {message}"])
     same_class = accelerator_class(env_c) == accelerator_class(env_m)
     comparisons = [
         Comparison(
@@ -169,13 +170,13 @@ def judge(claim: dict[str, Any], rerun: dict[str, Any], policy: VerificationPoli
             None,
             *(
                 ("match", "identical")
-                if claim.get("resolved_config") == rerun.get("resolved_config")
+                if claim.resolved_config == rerun.resolved_config
                 else ("mismatch", "the record's resolved config is not what its manifest resolves to")
             ),
         ),
         checks_comparison(claim, rerun),
     ]
-    cm, mm = claim.get("metrics") or {}, rerun.get("metrics") or {}
+    cm, mm = claim.metrics, rerun.metrics
     for metric in METRICS:
         if metric.key in cm or metric.key in mm:
             comparisons.append(

@@ -58,6 +58,20 @@ class RunFailed(PeftreproError):
     exit_code = EXIT_RUN_FAILED
 
 
+class CheckFailed(PeftreproError):
+    """A structural check (checks.py) failed: the run must not start. The manifest's fault whatever
+    the seed, so a batch skips its other seeds and the command exits 2."""
+
+    def __init__(self, file: str, method: str, failed: list[tuple[str, str]]) -> None:
+        self.failed = failed  # (check name, detail) of each failed check
+        text = "; ".join(f"{name} failed: {detail}" for name, detail in failed)
+        super().__init__(f"{file}: structural check of {method}: {text}")
+
+
+class NotConvertible(PeftreproError):
+    """A public PEFT method comparison experiment that cannot become a manifest (importer.py)."""
+
+
 class RunCancelled(BaseException):
     """Raised in the main thread by the SIGINT/SIGTERM handler while a run is in flight.
 

@@ -11,14 +11,19 @@ manifest then trains exactly as the public experiment did, and the importer says
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftrepro.errors import PeftreproError
+from peftrepro.errors import EXIT_BAD_INPUT, NotConvertible, PeftreproError
 from peftrepro.jsonio import replace_file
+from peftrepro.manifest import resolve
+from peftrepro.tasks import get_task, task_names
 
 ADAPTER_CONFIG = "adapter_config.json"
 TRAINING_PARAMS = "training_params.json"
@@ -56,10 +61,6 @@ SAVED_ONLY = (
 )
 
 
-class NotConvertible(PeftreproError):
-    """This experiment cannot become a manifest; the message says precisely why."""
-
-
 @dataclass
 class Imported:
     experiment: str  # "<track>/<method>/<name>"
@@ -89,8 +90,6 @@ def find_experiments(path: Path) -> list[Path]:
 
 
 def task_for(defaults: dict[str, Any]) -> str:
-    from peftrepro.tasks import get_task, task_names
-
     model_id = defaults.get("model_id")
     for name in task_names():
         task = get_task(name)
@@ -117,8 +116,6 @@ def safe_name(name: str) -> str:
 
 def convert(folder: Path) -> Imported:
     """One experiment folder -> a manifest (not written) and the notes on what the merge changed."""
-    from peftrepro.tasks import get_task
-
     method_dir, track_dir = folder.parent, folder.parent.parent.parent
     experiment = f"{track_dir.name}/{method_dir.name}/{folder.name}"
     defaults_path = track_dir / DEFAULTS
@@ -214,8 +211,6 @@ def _config_fields(experiment: str, adapter: dict[str, Any], notes: list[str]) -
     """Their saved config without its save-time fields and without the fields at the installed
     peft's defaults (the same config, shorter). A field the installed peft does not have is dropped
     when it is empty (null, {}, []): it cannot change what trains; otherwise the experiment cannot run."""
-    import dataclasses
-
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
     cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(adapter["peft_type"])
@@ -276,10 +271,6 @@ def _family(peft_type: str, config: dict[str, Any], optimizer: str) -> str:
 
 def check(imported: Imported, submissions: Path) -> None:
     """The manifest, as if written under `submissions`, must pass the manifest checks (no model load)."""
-    import tempfile
-
-    from peftrepro.manifest import resolve
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / imported.relpath
         path.parent.mkdir(parents=True)
@@ -297,3 +288,28 @@ def write(imported: Imported, submissions: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, (json.dumps(imported.manifest, indent=2, ensure_ascii=False) + "\n").encode())
     return path
+
+
+def import_experiments(path: Path, root: Path, *, dry_run: bool, echo: Callable[[str], None]) -> int:
+    """`peftrepro import`: convert every experiment folder at or under `path` into a manifest under
+    `root` (or only say what would be written). Exit 2 if any could not be converted."""
+    folders = find_experiments(path)
+    if not folders:
+        raise NotConvertible(
+            f"{path}: no experiment folders (experiments/<method>/<name>/adapter_config.json)"
+        )
+    failed = 0
+    for folder in folders:
+        try:
+            imported = convert(folder)
+            check(imported, root)
+            where = root / imported.relpath if dry_run else write(imported, root)
+        except NotConvertible as e:
+            failed += 1
+            echo(f"cannot import: {e}")
+            continue
+        echo(f"{'would import' if dry_run else 'imported'} {imported.experiment} -> {where}")
+        for note in imported.notes:
+            echo(f"  note: {note}")
+    echo(f"{len(folders) - failed} of {len(folders)} experiments converted")
+    return EXIT_BAD_INPUT if failed else 0

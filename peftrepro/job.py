@@ -1,11 +1,13 @@
 """One run of one resolved manifest with one seed, in this process: the steps every runner shares.
 
 fingerprint -> load pinned task -> base measurements -> seed -> attach adapter -> train ->
-evaluate -> save adapter -> metrics. Returns metrics and environment; the runner writes the record.
+evaluate -> save adapter -> metrics. Returns metrics (and the sample grid); the runner builds the
+record and the driver writes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -17,18 +19,14 @@ import torch
 from peftrepro import checks, peftconfig
 from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.errors import RunFailed, UsageError
-from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file, sha256_file
+from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest
-from peftrepro.measure import adapter_files, release_freed_memory
+from peftrepro.measure import adapter_files, device_for_run, release_freed_memory
 from peftrepro.paths import cache_root
 from peftrepro.tasks import Prepared, Task, get_task
 from peftrepro.training import TrainResult, configure_determinism, seed_everything, train
 
-SAMPLES_FILE = "samples.png"  # in the adapter folder; the runner copies it next to the record
-
-
-def device_for_run() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+SAMPLES_FILE = "samples.png"  # in the adapter folder; its bytes travel with the record
 
 
 ALLOW_CPU_ENV = "PEFTREPRO_ALLOW_CPU"  # run a GPU track on the CPU anyway (tests, with stand-in models)
@@ -120,12 +118,12 @@ def train_adapter(
     if manifest.peft_config is None:  # full fine-tuning: nothing to attach, so only the round trip applies
         peft_cfg, state["checks"] = None, {}
     else:
-        peft_cfg = peftconfig.build(manifest.peft_config, str(manifest.path))
+        peft_cfg = manifest.peft_config_object()
         # On a copy, with the RNG state restored: the run below is the same with or without them.
         found = checks.run_checks(model, peft_cfg, prepared.probe)
         state["checks"] = checks.as_record(found)
         if not all(r.ok for r in found):
-            raise checks.CheckFailed(str(manifest.path), manifest.method, found)
+            raise checks.failed(str(manifest.path), manifest.method, found)
 
     seed_everything(seed)  # the one place seeds are set: adapter init and data order both follow from here
     if peft_cfg is None:
@@ -171,18 +169,20 @@ def execute(
     adapter_dir: Path,
     state: dict[str, Any],
     progress: bool | None = None,
-) -> dict[str, Any]:
-    """Run it; return the success metrics (see train_adapter for `state`)."""
+) -> tuple[dict[str, Any], bytes | None]:
+    """Run it; return the success metrics and, for image tasks, the sample grid's bytes (see
+    train_adapter for `state`)."""
     t_start = time.perf_counter()
     t = train_adapter(manifest, seed=seed, runner=runner, state=state, progress=progress)
     cfg, score_key, result = manifest.training, t.task.score_key, t.result
     test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
     prior = t.prepared.prior_change(t.base["prior"], t.prepared.prior(t.model, cfg.batch_size_eval))
     adapter_bytes, adapter_sha = save_adapter(t.model, adapter_dir)
-    samples = {}
+    samples, grid = {}, None
     if t.prepared.save_samples is not None:  # image tasks: a grid the record names by hash
         t.prepared.save_samples(t.model, adapter_dir / SAMPLES_FILE)
-        samples["samples_sha256"] = sha256_file(adapter_dir / SAMPLES_FILE)
+        grid = (adapter_dir / SAMPLES_FILE).read_bytes()
+        samples["samples_sha256"] = hashlib.sha256(grid).hexdigest()
     # The recorded round trip is the trained adapter's: the very bytes adapter_sha256 names.
     trip = checks.guarded(
         "round_trip",
@@ -194,7 +194,7 @@ def execute(
     if not trip.ok:
         raise RunFailed(f"{manifest.path}: the trained adapter failed its round trip: {trip.detail}")
     assert result.memory is not None
-    return {
+    metrics = {
         score_key: test_score,
         "base_" + score_key: t.base["test_score"],
         "valid_curve": result.valid_curve,
@@ -213,6 +213,7 @@ def execute(
         t.task.throughput_key: round(result.units / result.train_seconds, 1) if result.train_seconds else 0.0,
         "steps_completed": result.steps,
     }
+    return metrics, grid
 
 
 def save_adapter(model: torch.nn.Module, folder: Path) -> tuple[int, str]:

@@ -71,22 +71,20 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     if sub.claims:
         records = [sub.claims[s] for s in sorted(sub.claims)]
         verdicts = {
-            s: sub.verifications[r.run_id].data["verdict"]
+            s: sub.verifications[r.run_id].verification.verdict
             for s, r in sub.claims.items()
             if r.run_id in sub.verifications
         }
         row = Row(
             sub, "claimed", records, verified_seeds=sorted(s for s, v in verdicts.items() if v == REPRODUCED)
         )
-    elif sub.latest is not None and sub.latest.data["status"] == "failed":
-        failed = [sub.latest]
-        return Row(
-            sub, "failed", failed, note=sub.latest.data["error"]["message"], checks=checks_cell(failed)
-        )
+    elif sub.latest is not None and sub.latest.record.status == "failed":
+        failed, error = [sub.latest], sub.latest.record.error
+        return Row(sub, "failed", failed, note=error.message if error else "", checks=checks_cell(failed))
     elif sub.latest is None and sub.stale is not None:
         row = Row(sub, "stale", [sub.stale], note=sub.stale_reason or "")
         verdicts = {}
-    elif sub.latest is None or sub.latest.data["status"] == "cancelled":
+    elif sub.latest is None or sub.latest.record.status == "cancelled":
         return Row(sub, "awaiting_run", [])
     else:
         return None
@@ -112,10 +110,9 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     return row
 
 
-def metrics_of(record: Stored) -> dict[str, Any]:
-    """A record's metrics; {} where a stale record of another format has none to read."""
-    m = record.data.get("metrics")
-    return m if isinstance(m, dict) else {}
+def metrics_of(stored: Stored) -> dict[str, Any]:
+    """A record's metrics ({} where a stale record of another format has none to read)."""
+    return stored.record.metrics
 
 
 def checks_cell(records: list[Stored]) -> str:
@@ -123,7 +120,7 @@ def checks_cell(records: list[Stored]) -> str:
     any record failed is marked ✗; "–" when the records predate the checks."""
     marks = []
     for c in CHECKS:
-        found = [c_.get(c.key) if isinstance(c_ := r.data.get("checks"), dict) else None for r in records]
+        found = [r.record.checks.get(c.key) if r.record.checks is not None else None for r in records]
         statuses = {f.get("status") for f in found if isinstance(f, dict)}
         if "failed" in statuses:
             marks.append(c.code + "✗")

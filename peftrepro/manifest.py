@@ -11,14 +11,16 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftrepro import schemas
+from peftrepro import peftconfig, schemas
 from peftrepro.errors import ManifestError, UsageError
-from peftrepro.jsonio import JSONReadError, canonical_sha256, read_json
+from peftrepro.jsonio import JSONReadError, canonical_sha256, parse_json, read_capped
 from peftrepro.methods import FAMILIES, FULL_FINETUNING, METHOD_OPTIMIZERS, UNSUPPORTED_TYPES, family_for
+from peftrepro.runconfig import TrainingConfig, check_optimizer_kwargs
+from peftrepro.tasks import get_task, task_names
 
 MANIFEST_FILE = "manifest.json"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -45,34 +47,6 @@ MAX_VALUE_DEPTH = 4  # rank_pattern-style maps are 1 deep; nothing in peft's con
 REGEX_FIELDS = {"target_modules", "exclude_modules", "modules_to_save", "layers_pattern"}
 
 
-OPTIONAL_TRAINING = frozenset({"dtype", "autocast_adapter_dtype", "init_kv_cache_prefix"})
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """The training settings a run uses: the task defaults with the manifest's overrides merged in."""
-
-    max_steps: int
-    batch_size: int
-    batch_size_eval: int
-    eval_steps: int
-    max_seq_length: int
-    seed: int
-    grad_norm_clip: float | None
-    optimizer_type: str
-    optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
-    lr_scheduler: str = "cosine"
-    warmup_steps: int = 0
-    # GPU-track settings; None means the task's own (they are left out of as_dict() then, so the
-    # resolved config of a CPU-track manifest, and every hash over it, is what it was before them).
-    dtype: str | None = None  # the base model's weights: float32, bfloat16, ..., int8/int4 (bitsandbytes)
-    autocast_adapter_dtype: bool | None = None  # peft's get_peft_model flag (True: adapters in float32)
-    init_kv_cache_prefix: str | None = None  # prefix tuning: start from the base model's cache of this text
-
-    def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL_TRAINING}
-
-
 @dataclass(frozen=True)
 class ResolvedManifest:
     """A validated manifest plus everything needed to run it; what every later stage receives."""
@@ -85,10 +59,18 @@ class ResolvedManifest:
     name: str
     peft_config: dict[str, Any] | None  # None: full fine-tuning
     training: TrainingConfig
+    source: bytes = field(default=b"", repr=False)  # the file's exact bytes (what a job carries)
+    # peft's config object built from `peft_config` (None: full fine-tuning). peft may mutate a
+    # config it attaches, so attach a copy: `peft_config_object()`.
+    peft: Any = field(default=None, repr=False, compare=False)
 
     @property
     def folder(self) -> Path:
         return self.path.parent
+
+    def peft_config_object(self) -> Any:
+        """A fresh copy of the PEFT config built at resolve time (None for full fine-tuning)."""
+        return copy.deepcopy(self.peft)
 
     def resolved_config(self) -> dict[str, Any]:
         """What ran, as recorded: the PEFT config and the merged training settings."""
@@ -116,13 +98,19 @@ def manifest_sha256(raw: Mapping[str, Any]) -> str:
 
 def load_raw(path: Path) -> dict[str, Any]:
     """Read the manifest file and check it against the schema; errors name the file and field."""
+    return _load(path)[0]
+
+
+def _load(path: Path) -> tuple[dict[str, Any], bytes]:
+    """The schema-checked manifest and the file's exact bytes (read once)."""
     file = str(path)
     if path.is_symlink():
         raise ManifestError(file, "", "manifests may not be symbolic links")
     if not path.is_file():
         raise ManifestError(file, "", "no such manifest file")
     try:
-        raw = read_json(path)
+        source = read_capped(path)
+        raw = parse_json(source)
     except JSONReadError as e:
         raise ManifestError(file, "", str(e)) from None
     except OSError as e:
@@ -130,7 +118,7 @@ def load_raw(path: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ManifestError(file, "", "expected a JSON object at the top level")
     schemas.check(raw, schemas.MANIFEST, file, ManifestError)
-    return raw
+    return raw, source
 
 
 def _walk(obj: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], Any]]:
@@ -282,17 +270,14 @@ def find_manifests(paths: Iterable[Path]) -> list[Path]:
 
 
 def resolve(path: Path) -> ResolvedManifest:
-    """Load, check and resolve one manifest against its task's defaults."""
-    from peftrepro.tasks import get_task, task_names
-
-    raw = load_raw(path)
+    """Load, check and resolve one manifest against its task's defaults (the file is read once;
+    the PEFT config is built once, here, and every later stage uses that one)."""
+    raw, source = _load(path)
     task = get_task(raw["task"]) if raw["task"] in task_names() else None
     check_policy(raw, path, task_names(), task.base_model_id if task else None)
     assert task is not None  # check_policy refused unknown tasks
     overrides = raw.get("training", {})
     merged = deep_merge(task.training_defaults, overrides)
-    from peftrepro.training import check_optimizer_kwargs
-
     problem = check_optimizer_kwargs(merged["optimizer_type"], merged["optimizer_kwargs"])
     if problem:
         raise ManifestError(str(path), problem[0], problem[1])
@@ -305,14 +290,13 @@ def resolve(path: Path) -> ResolvedManifest:
     if prefix is not None and (raw["peft_config"] or {}).get("peft_type") != "PREFIX_TUNING":
         raise ManifestError(str(path), "/training/init_kv_cache_prefix", "applies to PREFIX_TUNING only")
     peft_config = copy.deepcopy(raw["peft_config"])
+    built = None
     if peft_config is not None:
         peft_config.setdefault("task_type", task.peft_task_type)
         if peft_config["task_type"] != task.peft_task_type:
             need = task.peft_task_type or "none (its model is not a transformers model; omit task_type)"
             raise ManifestError(str(path), "/peft_config/task_type", f"task {task.name!r} needs {need}")
-        from peftrepro.peftconfig import build
-
-        build(peft_config, str(path))  # the installed peft must accept every field
+        built = peftconfig.build(peft_config, str(path))  # the installed peft must accept every field
     return ResolvedManifest(
         path=path,
         raw=raw,
@@ -322,4 +306,6 @@ def resolve(path: Path) -> ResolvedManifest:
         name=raw["name"],
         peft_config=peft_config,
         training=TrainingConfig(**merged),
+        source=source,
+        peft=built,
     )

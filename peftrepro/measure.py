@@ -33,6 +33,11 @@ ALLOCATOR_ENV = {
 }
 
 
+def device_for_run() -> torch.device:
+    """Where a run trains: the GPU when one is visible, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def allocator_settings() -> dict[str, str | None]:
     """The allocator variables this process was started with (None: glibc's default)."""
     return {k: os.environ.get(k) for k in ALLOCATOR_ENV}

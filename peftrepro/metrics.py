@@ -265,3 +265,9 @@ class VerificationPolicy:
         else:
             scores = f"scores within ±{self.score_band:g} (absolute)"
         return f"{scores}; memory within ±{self.relative_band:.0%} on the same accelerator class"
+
+
+def prior_format(key: str, digits: int = 3) -> str:
+    """How a cost-elsewhere metric is printed: signed where it can fall below zero (CE
+    differences), plain for fractions."""
+    return f"{'' if METRICS_BY_KEY[key].unit == 'fraction' else '+'}.{digits}f"

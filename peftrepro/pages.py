@@ -14,6 +14,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from peftrepro.collect import Stored, Submission, describe_ignored, load_tree
+from peftrepro.console import Echo
+from peftrepro.errors import UsageError
 from peftrepro.jsonio import replace_file
 from peftrepro.leaderboard import (
     COMMAND,
@@ -31,7 +33,8 @@ from peftrepro.leaderboard import (
     task_rows,
 )
 from peftrepro.methods import FAMILIES
-from peftrepro.metrics import CHECKS, METRICS, METRICS_BY_KEY
+from peftrepro.metrics import CHECKS, METRICS, METRICS_BY_KEY, prior_format
+from peftrepro.plot import task_plot
 from peftrepro.sweep import swept_config_sha256
 from peftrepro.tasks import get_task, task_names
 
@@ -50,7 +53,7 @@ def _ignored_line(path: Path, why: str, root: Path, root_rel: str) -> str:
 def _records_cell(row: Row, root_rel: str) -> str:
     links = []
     for r in row.records:
-        seed = r.data["seed"]
+        seed = r.record.seed
         rel = r.path.relative_to(row.sub.folder).as_posix()
         mark = "✓" if seed in row.verified_seeds else ""
         links.append(f"[s{seed}{mark}]({_link(root_rel, *row.sub.key, rel)})")
@@ -248,7 +251,7 @@ def _samples_section(score_key: str, rows: list[Row], root_rel: str) -> list[str
     for r in shown[:SAMPLES_SHOWN]:
         record = r.records[0]
         png, problem = samples_file(record)
-        head = f"- {_submission_cell(r, root_rel)}, seed {record.data['seed']}"
+        head = f"- {_submission_cell(r, root_rel)}, seed {record.record.seed}"
         if problem:
             lines.append(f"{head}: {problem}")
         else:
@@ -257,11 +260,6 @@ def _samples_section(score_key: str, rows: list[Row], root_rel: str) -> list[str
                 f"{head}:<br>![samples of {md('/'.join(r.sub.key[1:]))}]({_link(root_rel, *r.sub.key, rel)})"
             )
     return lines
-
-
-def prior_format(key: str, digits: int = 3) -> str:
-    """Signed where the metric can fall below zero (CE differences), plain for fractions."""
-    return f"{'' if METRICS_BY_KEY[key].unit == 'fraction' else '+'}.{digits}f"
 
 
 def _norm(method: str) -> str:
@@ -470,8 +468,6 @@ def overview(
 def render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     """The leaderboard's files for the tree at `root`, as they would be written into `out`;
     and the ignored files, one line each (for the terminal)."""
-    from peftrepro.plot import task_plot
-
     subs, orphans = load_tree(root)
     root_rel = Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
     tasks = sorted({s.key[0] for s in subs if s.key[0] in task_names()})
@@ -507,3 +503,25 @@ def write(out: Path, files: dict[str, bytes]) -> list[str]:
         else:
             (out / name).unlink()
     return changed
+
+
+def leaderboard_command(root: Path, out: Path, *, check: bool, echo: Echo) -> int:
+    """`peftrepro leaderboard [--check]`: regenerate the pages, or exit 1 if they are out of date."""
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder")
+    files, problems = render(root, out)
+    for line in problems:
+        echo.err(f"ignored {line}")
+    if check:
+        stale = differences(out, files)
+        if stale:
+            echo.out(f"{out} is out of date ({', '.join(stale)}); regenerate with `peftrepro leaderboard`")
+            return 1
+        echo.out(f"{out} is up to date ({len(files)} files)")
+        return 0
+    changed = write(out, files)
+    echo.out(
+        f"wrote {out}: {len(changed)} of {len(files)} files changed"
+        + (f" ({', '.join(changed)})" if changed else "")
+    )
+    return 0

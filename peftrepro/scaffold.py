@@ -13,10 +13,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
+from peftrepro.collect import load_tree
 from peftrepro.errors import ManifestError, UsageError
 from peftrepro.jsonio import write_new_file
+from peftrepro.leaderboard import task_rows
 from peftrepro.manifest import FORBIDDEN_FIELDS, MANIFEST_FILE, NAME_RE, load_raw, resolve
 from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES
+from peftrepro.metrics import METRICS_BY_KEY
+from peftrepro.tasks import get_task, task_names
+from peftrepro.validate import validate_one
 
 # Filled by the task or by peft itself; never something a submission chooses.
 NOT_CHOSEN = {"peft_type", "task_type", "base_model_name_or_path", "inference_mode", "peft_version"}
@@ -62,8 +69,6 @@ def peft_defaults(peft_type: str) -> dict[str, Any]:
 
 def skeleton(task: str, method: str, name: str, source: dict[str, Any] | None = None) -> dict[str, Any]:
     """A manifest for task/method/name: from `source` (another manifest) or the method's defaults."""
-    from peftrepro.tasks import get_task
-
     family = FAMILIES.get(method)
     if family is None:
         raise UsageError(f"unknown method family {method!r}; `peftrepro list methods` shows them")
@@ -103,8 +108,6 @@ def new_submission(root: Path, task: str, method: str, name: str, source: Path |
     for what, value in (("task", task), ("method", method), ("name", name)):
         if not NAME_RE.fullmatch(value):
             raise UsageError(f"{what} {value!r} must match ^[a-z0-9][a-z0-9._-]{{0,63}}$")
-    from peftrepro.tasks import task_names
-
     if task not in task_names():
         raise UsageError(f"unknown task {task!r}; known: {', '.join(task_names())}")
     raw = None
@@ -138,9 +141,6 @@ def next_steps(path: Path) -> list[str]:
 
 
 def list_tasks() -> list[list[str]]:
-    from peftrepro.metrics import METRICS_BY_KEY
-    from peftrepro.tasks import get_task, task_names
-
     rows = []
     for name in task_names():
         t = get_task(name)
@@ -165,10 +165,6 @@ def list_methods() -> list[list[str]]:
 
 
 def list_submissions(root: Path) -> list[list[str]]:
-    from peftrepro.collect import load_tree
-    from peftrepro.leaderboard import task_rows
-    from peftrepro.tasks import task_names
-
     subs, _ = load_tree(root)
     rows = []
     tasks = sorted({s.key[0] for s in subs} & set(task_names()))
@@ -182,9 +178,36 @@ def list_submissions(root: Path) -> list[list[str]]:
         if row is None:
             rows.append([label, "not run", ""])
             continue
-        seeds = ",".join(str(r.data["seed"]) for r in row.records)
+        seeds = ",".join(str(r.record.seed) for r in row.records)
         status = row.status.replace("_", " ")
         if row.status == "verified":
             status += f" ({len(row.verified_seeds)}/{len(row.records)})"
         rows.append([label, status, f"seeds {seeds}" + (f"; {row.note}" if row.note else "")])
     return rows
+
+
+def new_command(root: Path, task: str, method: str, name: str, source: Path | None) -> list[str]:
+    """`peftrepro new`: write the skeleton, try it on the task's model, say what to do next."""
+    path = new_submission(root, task, method, name, source)
+    lines = [f"wrote {path}"]
+    checked = validate_one(path)  # attaches it to the task's model: the defaults may not fit it
+    if checked.error is not None:
+        lines.append(f"note: {checked.error.message}; edit peft_config before running it")
+    else:
+        lines.append(
+            f"it attaches: {checked.trainable_params:,} trainable of {checked.total_params:,} parameters"
+        )
+    return lines + ["next:"] + [f"  {line}" for line in next_steps(path)]
+
+
+def listing(what: str, root: Path) -> str:
+    """`peftrepro list tasks|methods|submissions` as a table."""
+    if what == "tasks":
+        headers, rows = ["task", "version", "base model", "score", "training budget"], list_tasks()
+    elif what == "methods":
+        headers, rows = ["method family", "runs"], list_methods()
+    else:
+        if not root.is_dir():
+            raise UsageError(f"{root}: no such folder")
+        headers, rows = ["submission", "status", "detail"], list_submissions(root)
+    return tabulate(rows, headers=headers, tablefmt="simple")

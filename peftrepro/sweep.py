@@ -23,9 +23,11 @@ from typing import Any
 
 from peftrepro import __version__, schemas
 from peftrepro.errors import PeftreproError, RecordError
+from peftrepro.job import preflight, train_adapter
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, replace_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.records import timestamp, utc_now
+from peftrepro.tasks import get_task
 
 SWEEP_FILE = "sweep.json"
 SWEEP_SCHEMA_VERSION = 1
@@ -121,9 +123,6 @@ def run_sweep(
     family whose best rate lies outside its usual range is not judged at a truncated optimum.
     Points of `previous` (an earlier sweep.json of this config and seed) are reused, not re-run.
     """
-    from peftrepro.job import preflight, train_adapter
-    from peftrepro.tasks import get_task
-
     preflight(manifest)
     started = utc_now()
     config = manifest.resolved_config()

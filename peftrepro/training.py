@@ -18,42 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from peftrepro.manifest import TrainingConfig
 from peftrepro.measure import MemorySampler, MemoryStats, StepTimer
-
-# name -> (class, accepted kwargs). An allowlist: a manifest can never name an arbitrary callable.
-OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], frozenset[str]]] = {
-    "AdamW": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "betas", "eps"})),
-    "Adam": (torch.optim.Adam, frozenset({"lr", "weight_decay", "betas", "eps"})),
-    "SGD": (torch.optim.SGD, frozenset({"lr", "weight_decay", "momentum"})),
-    "RMSprop": (torch.optim.RMSprop, frozenset({"lr", "weight_decay", "momentum", "alpha", "eps"})),
-    "Adagrad": (torch.optim.Adagrad, frozenset({"lr", "weight_decay", "eps"})),
-    # peft's LoRA-FA (AdamW on lora_B with lora_A frozen, gradients projected); the method family
-    # `lora-fa`. r and lora_alpha, as the public comparison writes them, must equal the LoRA config's.
-    "lora-fa": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "r", "lora_alpha"})),
-    # peft's LoRA+ (lora_B's rate = lr x loraplus_lr_ratio) and Riemannian-preconditioned LoRA,
-    # both over AdamW as in the public comparison; the method families `lora-plus`, `lora-riemannian`.
-    "lora+": (
-        torch.optim.AdamW,
-        frozenset({"lr", "weight_decay", "betas", "eps", "loraplus_lr_ratio", "loraplus_lr_embedding"}),
-    ),
-    "riemannian": (torch.optim.AdamW, frozenset({"lr", "weight_decay", "betas", "eps", "reg"})),
-}
-DEFAULT_LORAPLUS_RATIO = 16.0  # the LoRA+ paper's and peft's documented starting point
-
-
-def check_optimizer_kwargs(name: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
-    """(JSON pointer, problem) if `kwargs` do not fit optimizer `name`, else None."""
-    accepted = OPTIMIZERS[name][1]
-    for key in sorted(kwargs):
-        if key not in accepted:
-            return (
-                f"/training/optimizer_kwargs/{key}",
-                f"{name} does not take {key!r}; it takes {', '.join(sorted(accepted))}",
-            )
-    if "lr" not in kwargs:
-        return "/training/optimizer_kwargs/lr", "a learning rate is required"
-    return None
+from peftrepro.runconfig import DEFAULT_LORAPLUS_RATIO, OPTIMIZERS, TrainingConfig
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:

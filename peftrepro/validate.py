@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftrepro import checks, peftconfig
-from peftrepro.errors import ManifestError, PeftreproError
-from peftrepro.manifest import ResolvedManifest, resolve
+from peftrepro.console import Echo
+from peftrepro.errors import EXIT_BAD_INPUT, ManifestError, PeftreproError, UsageError
+from peftrepro.manifest import ResolvedManifest, find_manifests, resolve
 from peftrepro.tasks import Prepared, get_task
 from peftrepro.training import make_optimizer
 
@@ -79,7 +80,7 @@ def validate_one(
         if deep:
             found = checks.run_checks(base.model, config, base.probe)
             if not all(r.ok for r in found):
-                raise checks.CheckFailed(str(path), manifest.method, found)
+                raise checks.failed(str(path), manifest.method, found)
         gc.collect()
         return Validated(path, manifest, trainable, total, found)
     except PeftreproError as e:
@@ -87,7 +88,23 @@ def validate_one(
 
 
 def validate_paths(paths: list[Path], attach: bool = True, deep: bool = False) -> list[Validated]:
-    from peftrepro.manifest import find_manifests
-
     cache: dict[str, Prepared] = {}
     return [validate_one(p, attach, cache, deep) for p in find_manifests(paths)]
+
+
+def validate_command(paths: list[Path], *, attach: bool, deep: bool, echo: Echo) -> int:
+    """`peftrepro validate`: one line per manifest; exit 2 if any is refused."""
+    if deep and not attach:
+        raise UsageError("--deep needs the task's model; drop --no-attach")
+    results = validate_paths(paths, attach=attach, deep=deep)
+    if not results:
+        raise UsageError("no manifest.json found under " + ", ".join(map(str, paths)))
+    for r in results:
+        if r.error is not None:
+            echo.err(f"error: {r.error.message}")
+        elif r.trainable_params is not None:
+            found = f"; {checks.summary(r.checks)}" if r.checks else ""
+            echo.out(f"ok {r.path}: {r.trainable_params:,} trainable of {r.total_params:,} parameters{found}")
+        else:
+            echo.out(f"ok {r.path}" + (f": {r.note}" if r.note else ""))
+    return 0 if all(r.ok for r in results) else EXIT_BAD_INPUT

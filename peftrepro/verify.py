@@ -15,18 +15,27 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from peftrepro import __version__, schemas
-from peftrepro.collect import VERIFICATIONS_DIR, Submission, load_submission
-from peftrepro.compare import Judgement, judge
-from peftrepro.errors import RecordError, UsageError
+from tabulate import tabulate
+
+from peftrepro.collect import Submission, load_submission
+from peftrepro.compare import VERDICTS, Judgement, judge
+from peftrepro.console import Echo
+from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, UsageError
 from peftrepro.executors import Executor, Job, JobResult
-from peftrepro.jsonio import pretty_bytes, write_new_file
+from peftrepro.executors.batch import ExecutorChoice
+from peftrepro.executors.local import LocalExecutor
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
 from peftrepro.metrics import VerificationPolicy
-from peftrepro.records import new_run_id, timestamp, utc_now
+from peftrepro.records import (
+    ClaimRef,
+    RunRecord,
+    VerificationRecord,
+    new_run_id,
+    timestamp,
+    utc_now,
+    write_verification,
+)
 from peftrepro.tasks import get_task
-
-VERIFICATION_SCHEMA_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ def claim_job(sub: Submission, seed: int, runner: str | None, options: dict[str,
     """The re-run of one claimed seed, as a job. The runner kind is the claim's unless `runner`
     says otherwise; a docker claim is re-run in the image it names (by repo digest when it has one)."""
     assert sub.manifest is not None
-    env = sub.claims[seed].data["environment"]
+    env = sub.claims[seed].record.environment
     kind = runner or env.get("runner", "local")
     opts = dict(options or {})
     container = env.get("container") or {}
@@ -118,14 +127,13 @@ def judge_rerun(sub: Submission, seed: int, result: JobResult, started: datetime
     claim = sub.claims[seed]
     if result.status == "refused":
         return Verification(sub.label, seed, claim.path, None, None, error=result.error)
-    if result.status == "cancelled" or result.record is None:
+    if result.status == "cancelled" or result.run is None:
         return Verification(sub.label, seed, claim.path, None, None)
     policy = get_task(sub.manifest.task).verification
-    judgement = judge(claim.data, result.record, policy)
-    record = build_verification(claim.data, claim.sha256, result.record, judgement, policy, started)
-    path = sub.folder / VERIFICATIONS_DIR / f"{record['verification_id']}.json"
-    schemas.check(record, schemas.VERIFICATION, str(path), RecordError)
-    write_new_file(path, pretty_bytes(record))
+    rerun = result.run.record
+    judgement = judge(claim.record, rerun, policy)
+    record = build_verification(claim.record, claim.sha256, rerun, judgement, policy, started)
+    path = write_verification(sub.folder, record)
     return Verification(sub.label, seed, claim.path, judgement, path)
 
 
@@ -138,30 +146,32 @@ def verify_claim(sub: Submission, seed: int) -> Verification:
 
 
 def build_verification(
-    claim: dict[str, Any],
+    claim: RunRecord,
     claim_sha256: str,
-    rerun: dict[str, Any],
+    rerun: RunRecord,
     judgement: Judgement,
     policy: VerificationPolicy,
     started: datetime,
-) -> dict[str, Any]:
-    return {
-        "schema_version": VERIFICATION_SCHEMA_VERSION,
-        "verification_id": new_run_id(claim["seed"], started),
-        "toolkit": {"name": "peftrepro", "version": __version__},
-        "submission": claim["submission"],
-        "claim": {"run_id": claim["run_id"], "seed": claim["seed"], "record_sha256": claim_sha256},
-        "rerun": rerun,
-        "policy": {
+) -> VerificationRecord:
+    verdict = judgement.as_json()
+    return VerificationRecord(
+        verification_id=new_run_id(claim.seed, started),
+        submission=claim.submission,
+        claim=ClaimRef(claim.run_id, claim.seed, claim_sha256),
+        rerun=rerun,
+        policy={
             "bit_exact": policy.bit_exact,
             "score_band": policy.score_band,
             "relative_band": policy.relative_band,
             "nondeterministic": list(policy.nondeterministic),
         },
-        **judgement.as_json(),
-        "started_at": timestamp(started),
-        "finished_at": timestamp(utc_now()),
-    }
+        verdict=verdict["verdict"],
+        comparisons=verdict["comparisons"],
+        environment_diff=verdict["environment_diff"],
+        reasons=verdict["reasons"],
+        started_at=timestamp(started),
+        finished_at=timestamp(utc_now()),
+    )
 
 
 def verify_all(
@@ -178,8 +188,6 @@ def verify_all(
     """Re-run the chosen seeds of each submission on `executor` (default: here, one at a time) and
     judge each re-run as it comes back. A signal stops the batch: a re-run that never came back is
     returned unjudged, as a cancelled one is."""
-    from peftrepro.executors.local import LocalExecutor
-
     plan = {}
     for sub in subs:
         for s in seeds_to_check(sub, all_seeds=all_seeds, seed=seed):
@@ -222,8 +230,6 @@ def _cell(value: Any) -> str:
 
 def report(v: Verification) -> str:
     """The human-readable verdict for one claim: every metric, the environment diff, the verdict."""
-    from tabulate import tabulate
-
     if v.judgement is None:
         return "  re-run cancelled: nothing judged, nothing written"
     rows = [
@@ -253,3 +259,79 @@ def report(v: Verification) -> str:
     lines += [f"  reason: {r}" for r in v.judgement.reasons]
     lines.append(f"  verdict: {v.judgement.verdict.upper()} -> {v.path}")
     return "\n".join(lines)
+
+
+def verify_submissions(
+    paths: tuple[Path, ...],
+    *,
+    all_: bool,
+    changed_since: str | None,
+    all_seeds: bool,
+    seed: int | None,
+    root: Path,
+    runner: str | None,
+    runner_options: dict[str, Any],
+    executor: ExecutorChoice,
+    echo: Echo,
+) -> int:
+    """`peftrepro verify`: choose the submissions and seeds, re-run them, judge, write, report.
+    Exit 0 when every claim checked was reproduced, 1 when any was not, 2 on bad input."""
+    if seed is not None and all_seeds:
+        raise UsageError("give --seed or --all-seeds, not both")
+    if bool(paths) + all_ + (changed_since is not None) != 1:
+        raise UsageError("name submissions (PATH...), or give --all or --changed-since GIT_REF")
+    subs = _chosen(paths, changed_since, root, echo)
+    if not subs:
+        echo.out("nothing to verify")
+        return 0
+
+    def start(sub: Submission, s: int, claim: Path, where: str) -> None:
+        echo.err(f"{sub.label} seed {s}: re-running the claim {claim}{executor.where(where)}")
+
+    def done(v: Verification) -> None:
+        if v.error is not None:
+            echo.err(f"error: {v.error}")
+            return
+        echo.out(f"{v.submission} seed {v.seed}:")
+        echo.out(report(v))
+
+    results = verify_all(
+        subs,
+        all_seeds=all_seeds,
+        seed=seed,
+        runner=runner,
+        options=runner_options,
+        executor=executor.make(),
+        on_start=start,
+        on_done=done,
+    )
+    counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
+    echo.out("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    if any(v.error is not None for v in results):
+        return EXIT_BAD_INPUT
+    if any(v.judgement is None for v in results):
+        return EXIT_CANCELLED
+    return 0 if counts["reproduced"] == len(results) else 1
+
+
+def _chosen(paths: tuple[Path, ...], changed_since: str | None, root: Path, echo: Echo) -> list[Submission]:
+    """The named submissions (each must have a claim), or those under `root` with one."""
+    if paths:
+        subs = select(paths)
+        for s in subs:
+            if not s.claims:
+                why = "no success record for its current manifest"
+                raise UsageError(f"{s.label}: {why}; run `peftrepro run {s.folder}` first")
+        return subs
+    if not root.is_dir():
+        raise UsageError(f"{root}: no such folder")
+    folders = (
+        changed_submissions(root, changed_since)
+        if changed_since
+        else sorted(p.parent for p in root.glob("*/*/*/manifest.json"))
+    )
+    subs = select(folders)
+    for s in subs:
+        if not s.claims:
+            echo.err(f"skip {s.label}: no success record for its current manifest")
+    return [s for s in subs if s.claims]

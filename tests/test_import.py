@@ -10,7 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from peftrepro.cli import main
-from peftrepro.importer import NotConvertible, convert, find_experiments
+from peftrepro.errors import NotConvertible
+from peftrepro.importer import convert, find_experiments
 from peftrepro.manifest import resolve
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "peft-method-comparison"

@@ -6,10 +6,10 @@ import random
 
 import pytest
 
-from peftrepro.manifest import TrainingConfig
 from peftrepro.measure import percentile
 from peftrepro.tasks.text import Example, bucketed_batches, collate
-from peftrepro.training import check_optimizer_kwargs, lr_factor
+from peftrepro.runconfig import TrainingConfig, check_optimizer_kwargs
+from peftrepro.training import lr_factor
 
 
 def config(**overrides) -> TrainingConfig:

@@ -3,13 +3,14 @@ and what `verify` re-runs) or one submission's learning-rate sweep.
 
 Every job runs the same way wherever it lands: in a fresh process (memory figures carry nothing of
 another job), from the manifest's bytes that travel with it, through the runner it names (local or
-docker), into a private work folder. Its result (the record, and its sample grid) comes back to the
-driver, which is the only place records are written: atomically, as each job finishes (the caller's
-`on_done`), so the same manifests and seeds give the same records whatever executed them.
+docker). Its result (the record, and its sample grid) comes back to the driver, which is the only
+place records are written (executors/batch.py): atomically, as each job finishes, so the same
+manifests and seeds give the same records whatever executed them.
 
 - `local` (executors/local.py): up to N jobs at a time, each a child process of this one;
 - `ray` (executors/ray_fleet.py): each job a Ray task asking for the resources its task needs,
   run on a worker node by the same local code.
+`executors/batch.py` picks one (`get_executor`), plans the jobs of a command and writes the results.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from peftrepro.errors import UsageError
-from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
-from peftrepro.records import RunResult, build_record, new_run_id, utc_now
-
-EXECUTORS = ("local", "ray")
+from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
+from peftrepro.records import RunError, RunOutput, utc_now
+from peftrepro.runners.local import unwritten_record
+from peftrepro.tasks import get_task, register, task_factory, task_names
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,12 @@ class Job:
         runner_options: dict[str, Any] | None = None,
         sweep: dict[str, Any] | None = None,
     ) -> Job:
-        from peftrepro.tasks import get_task, task_factory
-
         task = get_task(manifest.task)
         return cls(
             key=f"{manifest.task}/{manifest.method}/{manifest.name} seed {seed}",
             rel=f"{manifest.task}/{manifest.method}/{manifest.name}",
             origin=str(manifest.path),
-            manifest=manifest.path.read_bytes(),
+            manifest=manifest.source,
             manifest_sha256=manifest.sha256,
             seed=seed,
             task_factory=task_factory(manifest.task),
@@ -87,8 +85,6 @@ class Job:
         """The manifest, resolved: at its origin when this machine has it unchanged (messages then
         name the file the user knows), else written into a submissions tree under `root`. This
         process must have the job's task registered."""
-        from peftrepro.manifest import resolve
-
         origin = Path(self.origin)
         if origin.is_file() and origin.read_bytes() == self.manifest:
             return resolve(origin)
@@ -105,40 +101,38 @@ class JobResult:
 
     job: Job
     status: str
-    record: dict[str, Any] | None  # the run record or the sweep record; None when refused or cancelled sweep
-    files: dict[str, bytes] = field(default_factory=dict)  # beside the record: {".png": sample grid}
+    run: RunOutput | None = None  # a run job's record and sample grid
+    sweep: dict[str, Any] | None = None  # a sweep job's record; None when it did not finish
     error: str | None = None
     attempts: int = 1
     where: str = ""  # the host (and worker) that ran it, for progress lines
 
+    @property
+    def manifest_fault(self) -> bool:
+        """The run stopped on the manifest's own fault (a failed structural check): its other seeds
+        would stop the same way, so they need not run."""
+        return self.run is not None and self.run.manifest_fault
 
-def unrecorded(job: Job, status: str, error: dict[str, str], *, runner: str, attempts: int = 1) -> JobResult:
+
+def unrecorded(job: Job, status: str, error: RunError, *, runner: str, attempts: int = 1) -> JobResult:
     """The driver's record of a run job that ended without one (its process or worker died, or it
-    was stopped before it could write): what is known, nothing measured."""
+    was stopped before it could hand one back): what is known, nothing measured."""
     if job.kind != "run":
-        return JobResult(job, status, None, error=error["message"], attempts=attempts)
-    from peftrepro.tasks import get_task, register, task_names
-
+        return JobResult(job, status, error=error.message, attempts=attempts)
     if job.task not in task_names():
         register(job.task, job.task_factory)
     with tempfile.TemporaryDirectory(prefix="peftrepro-job-") as tmp:
         manifest = job.materialize(Path(tmp))
-    now = utc_now()
-    record = build_record(
+    record = unwritten_record(
         manifest,
-        task_version=get_task(manifest.task).version,
-        run_id=new_run_id(job.seed, now),
         seed=job.seed,
-        started=now,
-        finished=now,
-        result=RunResult(status, {"steps_completed": 0}, {"runner": runner}, error),
+        started=utc_now(),
+        status=status,
+        metrics={"steps_completed": 0},
+        environment={"runner": runner},
+        error=error,
     )
-    return JobResult(job, status, record, error=error["message"], attempts=attempts)
-
-
-def fails_every_seed(result: JobResult) -> bool:
-    """A failed structural check is the manifest's, whatever the seed: its other seeds need not run."""
-    return result.record is not None and (result.record.get("error") or {}).get("type") == "CheckFailed"
+    return JobResult(job, status, RunOutput(record), error=error.message, attempts=attempts)
 
 
 @contextmanager
@@ -164,15 +158,3 @@ class Executor(Protocol):
         SIGTERM no job starts any more, running ones end with a `cancelled` result, and map returns
         what came back (jobs never started are absent)."""
         ...
-
-
-def get_executor(name: str, *, jobs: int = 1, address: str | None = None, retries: int = 2) -> Executor:
-    if name == "local":
-        from peftrepro.executors.local import LocalExecutor
-
-        return LocalExecutor(jobs)
-    if name == "ray":
-        from peftrepro.executors.ray_fleet import RayExecutor
-
-        return RayExecutor(address or "auto", retries=retries)
-    raise UsageError(f"executor {name!r} is not available; available: {', '.join(EXECUTORS)}")

@@ -1,8 +1,9 @@
 """The local executor: up to N jobs at a time, each in a fresh child process of this one.
 
-A child runs its job in a private work folder and leaves its result there (a pickle, written
-last); the driver reads it when the child exits. A child that exits without one gets a record
-written by the driver: `cancelled` if a signal had arrived, else `failed` with its exit code.
+A child runs its job and leaves the result in a private work folder (a pickle, written last: a
+transport, not a record); the driver reads it when the child exits and its caller writes the
+record. A child that exits without one gets a record made by the driver: `cancelled` if a signal
+had arrived, else `failed` with its exit code.
 
 SIGINT and SIGTERM reaching the driver are forwarded to every running child (which ends its run
 with a `cancelled` record: runners/local.py) and no further job starts. Children die with the
@@ -11,6 +12,7 @@ process that started them (Linux's parent-death signal): a killed Ray worker lea
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -19,29 +21,28 @@ import socket
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import wait
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from peftrepro.errors import PeftreproError
-from peftrepro.executors import Job, JobResult, OnDone, OnStart, fails_every_seed, signals_to, unrecorded
+from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
+from peftrepro.records import RunError
+from peftrepro.runners import get_runner
+from peftrepro.runners.local import allocator_environment
+from peftrepro.sweep import point_line, run_sweep
+from peftrepro.tasks import register
 
 RESULT_FILE = "result.pickle"
 
 
 def perform(job: Job, workdir: Path) -> JobResult:
     """Run one job in this process (the executors give each job a fresh one)."""
-    from peftrepro.runners import get_runner
-    from peftrepro.tasks import register
-
     register(job.task, job.task_factory)
     manifest = job.materialize(workdir)
     where = socket.gethostname()
     if job.kind == "sweep":
-        import click
-
-        from peftrepro.sweep import point_line, run_sweep
-
         assert job.sweep is not None
         record = run_sweep(
             manifest,
@@ -49,14 +50,11 @@ def perform(job: Job, workdir: Path) -> JobResult:
             seed=job.seed,
             extend=job.sweep["extend"],
             previous=job.sweep["previous"],
-            on_point=lambda p: click.echo(point_line(job.rel, p)),
+            on_point=lambda p: print(point_line(job.rel, p), flush=True),
         )
-        return JobResult(job, "success", record, where=where)
-    run = get_runner(job.runner, **job.runner_options)
-    outcome = run(manifest, seed=job.seed, runs_dir=workdir / "runs")
-    grid = outcome.path.with_suffix(".png")
-    files = {".png": grid.read_bytes()} if grid.is_file() else {}
-    return JobResult(job, outcome.status, outcome.record, files, where=where)
+        return JobResult(job, "success", sweep=record, where=where)
+    output = get_runner(job.runner, **job.runner_options)(manifest, seed=job.seed)
+    return JobResult(job, output.status, run=output, where=where)
 
 
 def _die_with_parent() -> None:
@@ -73,9 +71,12 @@ def _child(job: Job, workdir: str) -> None:
     try:
         result = perform(job, Path(workdir))
     except PeftreproError as e:  # refused before any record: bad input, said in one line
-        result = JobResult(job, "refused", None, error=e.message)
+        result = JobResult(job, "refused", error=e.message)
     except KeyboardInterrupt:  # a sweep stopped by Ctrl-C writes nothing
-        result = JobResult(job, "cancelled", None, error="stopped by SIGINT")
+        result = JobResult(job, "cancelled", error="stopped by SIGINT")
+    # The result exists: a late signal must not lose it on its way to the driver.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     tmp = Path(workdir) / (RESULT_FILE + ".part")
     tmp.write_bytes(pickle.dumps(result))
     tmp.rename(Path(workdir) / RESULT_FILE)
@@ -93,11 +94,6 @@ class LocalExecutor:
         self.jobs = max(1, jobs)
 
     def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
-        import multiprocessing
-        from multiprocessing.connection import wait
-
-        from peftrepro.runners.local import allocator_environment
-
         ctx = multiprocessing.get_context("spawn")
         pending = list(reversed(jobs))
         running: dict[Any, _Running] = {}  # by sentinel
@@ -134,7 +130,7 @@ class LocalExecutor:
                     r.process.join()
                     result = self._collect(r, signals)
                     results.append(result)
-                    if fails_every_seed(result):
+                    if result.manifest_fault:
                         pending = [j for j in pending if j.manifest != r.job.manifest]
                     on_done(result)
         return results
@@ -147,9 +143,9 @@ class LocalExecutor:
                 result: JobResult = pickle.loads(done.read_bytes())
                 return result
             if signals:
-                error = {"type": "RunCancelled", "message": f"stopped by {signals[0]}"}
+                error = RunError("RunCancelled", f"stopped by {signals[0]}")
                 return unrecorded(r.job, "cancelled", error, runner="local")
             message = f"the job's process exited with code {r.process.exitcode} and no record"
-            return unrecorded(r.job, "failed", {"type": "ChildExited", "message": message}, runner="local")
+            return unrecorded(r.job, "failed", RunError("ChildExited", message), runner="local")
         finally:
             shutil.rmtree(r.workdir, ignore_errors=True)

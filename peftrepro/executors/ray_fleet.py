@@ -26,7 +26,9 @@ from types import FrameType
 from typing import Any
 
 from peftrepro.errors import UsageError
-from peftrepro.executors import Job, JobResult, OnDone, OnStart, fails_every_seed, signals_to, unrecorded
+from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
+from peftrepro.executors.local import LocalExecutor
+from peftrepro.records import RunError
 
 RAY_MISSING = "the ray executor needs Ray, which is not installed: pip install 'peftrepro[ray]'"
 
@@ -51,15 +53,12 @@ class _Tracker:
 
 
 def _on_worker(job: Job, tracker: Any) -> JobResult:
-    from peftrepro.executors.local import LocalExecutor
-
     where = f"{socket.gethostname()} (worker pid {os.getpid()})"
     # Not waited on: a task blocked in ray.get lends its CPUs to the next task (oversubscription).
     tracker.started.remote(job.key, where)
     results = LocalExecutor(1).map([job], lambda j, w: None, lambda r: None)
     if not results:  # cancelled between the start above and the child's start
-        stopped = {"type": "RunCancelled", "message": "stopped by SIGINT"}
-        return unrecorded(job, "cancelled", stopped, runner=job.runner)
+        return unrecorded(job, "cancelled", RunError("RunCancelled", "stopped by SIGINT"), runner=job.runner)
     return replace(results[0], where=where)
 
 
@@ -170,7 +169,7 @@ class RayExecutor:
                     if result is None:
                         continue
                     results.append(result)
-                    if fails_every_seed(result):
+                    if result.manifest_fault:
                         for other, queued in refs.items():
                             if queued.manifest == job.manifest and queued.key not in starts:
                                 ray.cancel(other)
@@ -189,15 +188,15 @@ class RayExecutor:
             if not starts:
                 return None  # cancelled while queued: it never ran, nothing to record
             why = f"stopped by {signals[0] if signals else 'SIGINT'}"
-            return unrecorded(job, "cancelled", {"type": "RunCancelled", "message": why}, runner=job.runner)
+            return unrecorded(job, "cancelled", RunError("RunCancelled", why), runner=job.runner)
         except RayTaskError as e:  # our own code raised on the worker: a bug, recorded as one
             message = " ".join(str(e.cause if e.cause is not None else e).split())[:4000]
-            return unrecorded(job, "failed", {"type": "WorkerError", "message": message}, runner=job.runner)
+            return unrecorded(job, "failed", RunError("WorkerError", message), runner=job.runner)
         except RayError as e:  # the worker or its node was lost on every attempt
             first = (str(e).strip().splitlines() or [""])[0][:300]
             message = (
                 f"the Ray worker running it was lost on each of {attempts} attempt(s) "
                 f"({type(e).__name__}: {first})"
             )
-            lost = {"type": "WorkerLost", "message": message}
+            lost = RunError("WorkerLost", message)
             return unrecorded(job, "failed", lost, runner=job.runner, attempts=attempts)

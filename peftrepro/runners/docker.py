@@ -1,13 +1,14 @@
 """The docker runner: the same job as `local`, inside a pinned container image.
 
 Flow: find the engine -> make sure the image exists (pull by digest, or build from the Dockerfile)
--> fetch the task's assets into the mounted cache (network allowed) -> run `peftrepro run` in a
-container with the submission mounted read-only, an output folder writable and **no network**
--> stream its logs -> move the record it wrote into the submission's runs/ folder.
+-> fetch the task's assets into the mounted cache (network allowed) -> run the job entry point
+(`python -m peftrepro.runners.entry`, runners/entry.py) in a container with the submission mounted
+read-only, an output folder writable and **no network** -> stream its logs -> read back the
+record it handed out, checked (schema, manifest, seed), and return it: the driver writes it.
 
 The record is made inside the container, fingerprint included; the host only adds what the
 container cannot see about itself (image id, repo digest, engine version), passed in as an
-environment variable. SIGINT/SIGTERM stop the container (it writes its own `cancelled` record)
+environment variable. SIGINT/SIGTERM stop the container (it hands out its own `cancelled` record)
 and remove it; a container that fails to start is removed too, and a `failed` record says why.
 """
 
@@ -26,17 +27,12 @@ from typing import Any
 
 from peftrepro.environment import CONTAINER_ENV, git_state
 from peftrepro.errors import RecordError, RunCancelled, UsageError, safe_text
-from peftrepro.jsonio import pretty_bytes, write_new_file
-from peftrepro.manifest import ResolvedManifest
+from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import cache_root
-from peftrepro.records import (
-    RUNS_DIR,
-    RunResult,
-    read_record,
-    utc_now,
-)
-from peftrepro.runners.local import Cancellation, RunOutcome, place_samples, trapped_signals, write_outcome
+from peftrepro.records import RunError, RunOutput, utc_now
+from peftrepro.runners.entry import ENTRY, OUTPUT_FILE, read_output
+from peftrepro.runners.local import Cancellation, trapped_signals, unwritten_record
 
 DEFAULT_IMAGE = "peftrepro:local"
 STOP_TIMEOUT_S = 60  # time the job gets to write its `cancelled` record before it is killed
@@ -144,16 +140,14 @@ def run_docker(
     manifest: ResolvedManifest,
     *,
     seed: int,
-    runs_dir: Path | None = None,
     progress: bool | None = None,
     options: DockerOptions | None = None,
-) -> RunOutcome:
+) -> RunOutput:
     opts = options or DockerOptions.from_env()
     client = connect()
     image = ensure_image(client, opts.image)
     facts = image_facts(client, image, opts.image)
     requests_ = device_requests(client, opts.gpus)
-    runs_dir = runs_dir or manifest.folder / RUNS_DIR
     cache = cache_root()
     cache.mkdir(parents=True, exist_ok=True)
     inside = f"/submissions/{manifest.task}/{manifest.method}/{manifest.name}"
@@ -171,8 +165,7 @@ def run_docker(
         "mem_limit": opts.memory,
         "nano_cpus": int(opts.cpus * 1e9) if opts.cpus else None,
     }
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix=".docker-out-", dir=runs_dir))
+    out = Path(tempfile.mkdtemp(prefix="peftrepro-docker-out-"))
     started = utc_now()
     try:
         # Assets first, in their own container that may use the network; the run itself may not.
@@ -185,16 +178,17 @@ def run_docker(
             network=True,
             common={**common, "environment": fetch_env},
         )
-        if status != "exited":
-            return _collect(manifest, seed, out, runs_dir, status, error, started, facts)
-        volumes = {
-            str(manifest.folder.resolve()): {"bind": inside, "mode": "ro"},
-            str(out): {"bind": "/out", "mode": "rw"},
-            str(cache): {"bind": "/cache", "mode": "rw"},
-        }
-        command = ["run", inside, "--seed", str(seed), "--runs-dir", "/out"]
-        status, error = _run_container(client, image, command, volumes, network=False, common=common)
-        return _collect(manifest, seed, out, runs_dir, status, error, started, facts)
+        if status == "exited":
+            volumes = {
+                str(manifest.folder.resolve()): {"bind": inside, "mode": "ro"},
+                str(out): {"bind": "/out", "mode": "rw"},
+                str(cache): {"bind": "/cache", "mode": "rw"},
+            }
+            command = [f"{inside}/{MANIFEST_FILE}", "--seed", str(seed), "--out", "/out"]
+            status, error = _run_container(
+                client, image, command, volumes, network=False, common=common, entrypoint=ENTRY
+            )
+        return _collect(manifest, seed, out, status, error, started, facts)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
@@ -207,6 +201,7 @@ def _run_container(
     *,
     network: bool,
     common: dict[str, Any],
+    entrypoint: list[str] | None = None,
 ) -> tuple[str, str | None]:
     """Run one container to the end; ("exited", None), ("failed", why) or ("cancelled", signal).
     The container is removed in every case."""
@@ -219,6 +214,7 @@ def _run_container(
             container = client.containers.create(
                 image.id,
                 command=command,
+                entrypoint=entrypoint,
                 volumes=volumes,
                 network_disabled=not network,
                 network_mode=None if network else "none",
@@ -229,7 +225,7 @@ def _run_container(
             for line in _logs(container):
                 sys.stderr.write(line)
             code = container.wait().get("StatusCode", 1)
-            if code not in (0, 1, 130):  # 1 and 130: the job wrote a failed/cancelled record itself
+            if code not in (0, 1, 130):  # 1 and 130: the job handed out a failed/cancelled record itself
                 return "failed", f"container exited with status {code}"
             return "exited", None
         except RunCancelled as c:
@@ -257,36 +253,37 @@ def _collect(
     manifest: ResolvedManifest,
     seed: int,
     out: Path,
-    runs_dir: Path,
     status: str,
     error: str | None,
     started: Any,
     facts: dict[str, Any],
-) -> RunOutcome:
-    """Move the record the job wrote into runs/ (checked: schema, manifest, seed); if it wrote
-    none, write one here saying what happened to the container."""
-    written = sorted(p for p in out.glob("*.json") if not p.name.startswith("."))
-    if len(written) == 1:
-        record = read_record(written[0])
-        sub = record["submission"]
-        if sub["manifest_sha256"] != manifest.sha256 or record["seed"] != seed:
+) -> RunOutput:
+    """The output the job handed out (checked: schema, manifest, seed); if there is none, a record
+    made here saying what happened to the container."""
+    handed = read_output(out)
+    if handed is not None:
+        sub = handed.record.submission
+        if sub.manifest_sha256 != manifest.sha256 or handed.record.seed != seed:
             raise RecordError(
-                str(written[0]), "/submission", "the container's record is for another manifest or seed"
+                str(out / OUTPUT_FILE),
+                "/submission",
+                "the container's record is for another manifest or seed",
             )
-        path = runs_dir / written[0].name
-        sha = record["metrics"].get("samples_sha256")
-        if record["status"] == "success" and sha is not None:  # image tasks: the grid beside it
-            place_samples(written[0].with_suffix(".png"), path.with_suffix(".png"), sha)
-        write_new_file(path, pretty_bytes(record))
-        return RunOutcome(record["status"], record, path)
-    message = error or f"the container wrote {len(written)} records, expected 1"
-    result = RunResult(
-        "cancelled" if status == "cancelled" else "failed",
-        {"steps_completed": 0},
-        {"runner": "docker", "container": {k: facts[k] for k in ("image", "image_id", "repo_digest")}},
-        {
-            "type": "RunCancelled" if status == "cancelled" else "ContainerError",
-            "message": f"stopped by {error}" if status == "cancelled" else message,
+        return handed
+    cancelled = status == "cancelled"
+    record = unwritten_record(
+        manifest,
+        seed=seed,
+        started=started,
+        status="cancelled" if cancelled else "failed",
+        metrics={"steps_completed": 0},
+        environment={
+            "runner": "docker",
+            "container": {k: facts[k] for k in ("image", "image_id", "repo_digest")},
         },
+        error=RunError(
+            "RunCancelled" if cancelled else "ContainerError",
+            f"stopped by {error}" if cancelled else error or "the container handed out no record",
+        ),
     )
-    return write_outcome(manifest, runs_dir, seed=seed, started=started, result=result)
+    return RunOutput(record)

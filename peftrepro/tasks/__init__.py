@@ -1,128 +1,21 @@
-"""Tasks (tracks): what a run trains on and how it is scored. One module per task; registry here.
+"""Tasks (tracks): what a run trains on and how it is scored. One module per task; the registry here.
 
-A task supplies the base model, the training examples, and the evaluations; the training loop
-(`training.py`) is shared by all of them and no task forks it.
+A task supplies the base model, the training examples, and the evaluations (`tasks/base.py` says
+how); the training loop (`training.py`) is shared by all of them and no task forks it.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
-import torch
+from peftrepro.errors import UsageError
+from peftrepro.tasks.arithmetic import ArithmeticTask
+from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.digits import DigitsTask
+from peftrepro.tasks.imagegen import ImageGenTask
+from peftrepro.tasks.metamathqa import MetaMathQATask
 
-from peftrepro.metrics import VerificationPolicy
-
-if TYPE_CHECKING:
-    from peftrepro.manifest import TrainingConfig
-    from peftrepro.training import Batch
-
-
-@dataclass(frozen=True)
-class PublicReference:
-    """A published comparison a task is read against (its page says how the rankings agree)."""
-
-    title: str
-    source: str  # where the figures come from: repository, folder, commit
-    metric: str
-    scores: dict[str, tuple[str, float]]  # our method family -> (their experiment, their score)
-    methods: tuple[str, ...]  # every method folder of theirs, for coverage
-
-
-@dataclass(frozen=True)
-class Probe:
-    """A fixed small batch for the structural checks (`checks.py`): the same inputs on every call."""
-
-    outputs: Callable[[torch.nn.Module], torch.Tensor]  # forward pass -> the output tensor compared
-    loss: Callable[[torch.nn.Module], torch.Tensor]  # a training loss on the same batch
-
-
-@dataclass
-class Prepared:
-    """A task ready to run: base model loaded, data generated, artifact hashes known.
-
-    `prior` and `prior_change` measure what training costs the model elsewhere: `prior` takes a
-    JSON-able snapshot (the base model's is cached), `prior_change(before, after)` gives the
-    metrics (text: `forgetting` from general-text CE; images: `drift` of the other classes).
-    """
-
-    model: torch.nn.Module
-    artifacts: dict[str, Any]  # what was actually loaded: {"model": {...}, "data": {...}}
-    batches: Callable[[int, TrainingConfig], Iterator[Batch]]  # (seed, training config) -> endless
-    loss: Callable[[torch.nn.Module, Any], torch.Tensor]  # (model, batch) -> training loss
-    evaluate: Callable[[torch.nn.Module, str, int], float]  # (model, "valid"|"test", batch) -> score
-    prior: Callable[[torch.nn.Module, int], Any]  # (model, batch) -> snapshot
-    prior_change: Callable[[Any, Any], dict[str, float]]  # (before, after) -> metrics
-    probe: Probe
-    load_base: Callable[[], torch.nn.Module]  # a fresh copy of the base model, as loaded from the cache
-    # Image tasks: write a PNG grid of the model's samples to the path; returns nothing.
-    save_samples: Callable[[torch.nn.Module, Path], None] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-class Task(ABC):
-    name: str
-    version: str  # bump when data, evaluation or defaults change: old records become stale
-    base_model_id: str
-    peft_task_type: str | None  # None: a plain torch model (peft's generic PeftModel)
-    score_key: str  # the headline metric's key in METRICS ("test_..."; validation is "valid_...")
-    prior_key: str = "forgetting"  # the cost-elsewhere metric the leaderboard shows beside the score
-    throughput_key: str = "tokens_per_second"  # what Batch.units per training second is called
-    num_threads: int  # pinned: CPU results are bit-exact only for a fixed thread count
-    training_defaults: dict[str, Any]
-    verification: VerificationPolicy
-    # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
-    pareto_cost_key: str = "peak_memory_bytes"
-    public_reference: PublicReference | None = None
-    accelerator: str = "cpu"  # "cpu": runs and is verified anywhere (CI included); "cuda": needs a GPU
-    dtypes: tuple[str, ...] = ("float32",)  # what `training.dtype` may say; the first is the default
-    # The budget every submission of the task shares: `peftrepro ci` refuses a manifest that changes it.
-    fixed_training: tuple[str, ...] = (
-        "max_steps",
-        "batch_size",
-        "batch_size_eval",
-        "eval_steps",
-        "max_seq_length",
-    )
-
-    @abstractmethod
-    def prepare(self, training: TrainingConfig | None = None) -> Prepared:
-        """Load (and cache) the pinned base model and data; verify their hashes. `training` is the
-        run's resolved settings (its `dtype` picks how the base model is loaded); None: defaults."""
-
-    def preflight(self, training: TrainingConfig) -> None:
-        """Refuse (UsageError) what cannot run here before a record exists: a missing package for
-        the manifest's settings, say. The default accepts everything."""
-        del training
-
-    def skeleton(self) -> torch.nn.Module | None:
-        """The base model's architecture without weights (meta device), where loading the weights
-        is not cheap (GPU tracks): `validate` attaches manifests to it. None: load the real model."""
-        return None
-
-    def fetch(self) -> None:
-        """Download or build the pinned assets into the cache (the one step allowed the network).
-        The default loads everything once, which leaves the cache warm."""
-        self.prepare()
-
-    @property
-    def valid_key(self) -> str:
-        return "valid_" + self.score_key.removeprefix("test_")
-
-    def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "version": self.version, "base_model": self.base_model_id}
-
-
-def quiet_model_loading() -> None:
-    """Model loading prints per-tensor progress bars and advisory warnings; runs report their own progress."""
-    import transformers.utils.logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-
+__all__ = ["Prepared", "Probe", "PublicReference", "Task", "get_task", "quiet_model_loading", "register"]
 
 _FACTORIES: dict[str, Callable[[], Task]] = {}
 _INSTANCES: dict[str, Task] = {}
@@ -149,11 +42,6 @@ def get_task(name: str) -> Task:
 
 
 def _register_builtin() -> None:
-    from peftrepro.tasks.arithmetic import ArithmeticTask
-    from peftrepro.tasks.digits import DigitsTask
-    from peftrepro.tasks.imagegen import ImageGenTask
-    from peftrepro.tasks.metamathqa import MetaMathQATask
-
     register("arithmetic", ArithmeticTask)
     register("digits", DigitsTask)
     register("metamathqa", MetaMathQATask)
@@ -161,3 +49,10 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+def fetch_task(name: str) -> None:
+    """Put the task's pinned assets into the cache (`peftrepro fetch`)."""
+    if name not in task_names():
+        raise UsageError(f"unknown task {name!r}; tasks: {', '.join(task_names())}")
+    get_task(name).fetch()

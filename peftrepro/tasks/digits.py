@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,10 +35,8 @@ from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256, sha256_file
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
-from peftrepro.tasks import Prepared, Probe, Task
-
-if TYPE_CHECKING:
-    from peftrepro.manifest import TrainingConfig
+from peftrepro.runconfig import TrainingConfig
+from peftrepro.tasks.base import Prepared, Probe, Task
 
 SIZE = 16  # sklearn's 8x8 digits, bilinearly upscaled
 CONCEPT = 7  # the held-out digit; chosen by measurement (see README's digits section)

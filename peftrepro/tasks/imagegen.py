@@ -26,19 +26,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
 from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256
+from peftrepro.measure import device_for_run
 from peftrepro.metrics import VerificationPolicy
-from peftrepro.tasks import Prepared, Probe, PublicReference, Task
+from peftrepro.runconfig import TrainingConfig
+from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
 from peftrepro.tasks.hub import Pinned, hub_load_errors, load_pinned_dataset
-
-if TYPE_CHECKING:
-    from peftrepro.manifest import TrainingConfig
 
 # Revisions from the public comparison's result files (../shared/reference/README.md). DINOv2's is
 # not published there: a run records the commit the hub resolved (`config._commit_hash`).
@@ -221,9 +220,6 @@ class ImageGenTask(Task):
         import diffusers
         from diffusers.training_utils import compute_loss_weighting_for_sd3
 
-        from peftrepro.job import device_for_run
-        from peftrepro.tasks import quiet_model_loading
-
         quiet_model_loading()
         diffusers.utils.logging.disable_progress_bar()
         s, src = self.settings, self.sources
@@ -375,8 +371,6 @@ class ImageGenTask(Task):
 
 
 def _probe_config(defaults: dict[str, Any]) -> Any:
-    from peftrepro.manifest import TrainingConfig
-
     return TrainingConfig(**{**defaults, "batch_size": 1})
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal, DivisionByZero, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,14 +28,11 @@ import torch
 from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256
 from peftrepro.metrics import VerificationPolicy
-from peftrepro.tasks import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.runconfig import TrainingConfig
 from peftrepro.tasks.arithmetic import METAMATHQA as PUBLIC_METAMATHQA
+from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
 from peftrepro.tasks.hub import Pinned, hub_load_errors, load_pinned_dataset
 from peftrepro.tasks.text import TextBatch
-
-if TYPE_CHECKING:
-    from peftrepro.manifest import TrainingConfig
-
 
 # Revisions from the public comparison's result files (../shared/reference/README.md).
 MODEL = Pinned("meta-llama/Llama-3.2-3B", "13afe5124825b4f3751f836b40dafda64c1ed062")
