@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import peftrepro.tasks as tasks
+from peftrepro.records import RunRecord
 from tests.tiny import build_tiny_model, register_tiny
 
 LORA_MANIFEST: dict[str, Any] = {
@@ -98,7 +99,7 @@ class RealRun:
     cache: Path
     folder: Path
     path: Path
-    record: dict[str, Any]
+    record: RunRecord
 
 
 @pytest.fixture(scope="session")
@@ -106,8 +107,8 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
     """One real 4-step run of lora/default, seed 0, as `peftrepro run` does it (a fresh process).
     Its cache is shared by every test of the real task, so the model is dequantized (~20 s) and the
     base model measured (~30 s) once per session, not once per test."""
+    from peftrepro.executors.batch import run_in_child
     from peftrepro.manifest import resolve
-    from peftrepro.runners.local import run_isolated
     from peftrepro.tasks.arithmetic import ArithmeticTask
 
     cache = tmp_path_factory.mktemp("real-cache")
@@ -117,12 +118,12 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
         mp.setenv("PEFTREPRO_CACHE", str(cache))
         tasks.register("arithmetic", ArithmeticTask)
         try:
-            first = run_isolated(resolve(folder / "manifest.json"), seed=0)
+            first, path = run_in_child(resolve(folder / "manifest.json"), seed=0)
         finally:
             tasks._FACTORIES.clear(), tasks._FACTORIES.update(saved[0])
             tasks._INSTANCES.clear(), tasks._INSTANCES.update(saved[1])
-    assert first.status == "success", first.record["error"]
-    return RealRun(cache, folder, first.path, first.record)
+    assert first.status == "success", first.record.error
+    return RealRun(cache, folder, path, first.record)
 
 
 @pytest.fixture

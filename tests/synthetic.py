@@ -15,7 +15,7 @@ from typing import Any
 from peftrepro.compare import judge
 from peftrepro.jsonio import canonical_sha256, pretty_bytes
 from peftrepro.manifest import ResolvedManifest, resolve
-from peftrepro.records import RunResult, build_record
+from peftrepro.records import RunError, RunRecord, build_record
 from peftrepro.tasks import get_task
 
 DISTRIBUTIONS = ["peft==0.21.2", "torch==2.13.0+cpu", "transformers==5.23.0"]
@@ -133,14 +133,12 @@ def record(
         seed=seed,
         started=started,
         finished=started,
-        result=RunResult(
-            status,
-            values,
-            environment(seed, sha),
-            {"type": error_type, "message": error} if error else None,
-            PASSED_CHECKS if checks is None else checks,
-        ),
-    )
+        status=status,
+        metrics=values,
+        environment=environment(seed, sha),
+        error=RunError(error_type, error) if error else None,
+        checks=PASSED_CHECKS if checks is None else checks,
+    ).to_json()
     rec["submission"]["manifest_sha256"] = sha
     rec["toolkit"]["version"] = "0.1.0"  # golden files must not change with the package version
     return rec
@@ -165,7 +163,9 @@ def verification(claim_path: Path, claim: dict[str, Any], vid: str, **rerun_metr
     rerun["metrics"].update(rerun_metrics)
     policy = get_task(claim["submission"]["task"]).verification
     sha = hashlib.sha256(claim_path.read_bytes()).hexdigest()
-    doc = build_verification(claim, sha, rerun, judge(claim, rerun, policy), policy, datetime.now(UTC))
+    typed_claim, typed_rerun = RunRecord.from_json(claim), RunRecord.from_json(rerun)
+    judgement = judge(typed_claim, typed_rerun, policy)
+    doc = build_verification(typed_claim, sha, typed_rerun, judgement, policy, datetime.now(UTC)).to_json()
     # Golden files must not change with the clock or the package version.
     doc.update(
         verification_id=vid,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -274,7 +273,7 @@ def test_run_refuses_a_broken_adapter_before_training(write_manifest) -> None:
     assert error.startswith(f"error: {path}: structural check of lora")
     assert "1 of 2 runs recorded" in result.output
     [record_file] = list_records(path.parent)  # the first seed only: the checks do not depend on it
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     assert record["status"] == "failed" and record["error"]["type"] == "CheckFailed"
     assert record["metrics"] == {"steps_completed": 0}
     assert record["checks"]["identity_at_init"]["status"] == "failed"
@@ -283,7 +282,7 @@ def test_run_refuses_a_broken_adapter_before_training(write_manifest) -> None:
 
 def test_a_run_records_its_checks_and_they_do_not_change_the_run(write_manifest, monkeypatch) -> None:
     manifest = resolve(write_manifest())
-    checked = run_local(manifest, seed=1).record
+    checked = run_local(manifest, seed=1).record.to_json()
     assert {k: v["status"] for k, v in checked["checks"].items()} == {
         "identity_at_init": "exact",
         "disable_restores_base": "passed",
@@ -292,6 +291,6 @@ def test_a_run_records_its_checks_and_they_do_not_change_the_run(write_manifest,
     }
     assert checked["metrics"]["adapter_sha256"][:12] in checked["checks"]["round_trip"]["detail"]
     monkeypatch.setattr(checks, "run_checks", lambda *a, **k: [])
-    unchecked = run_local(manifest, seed=1, runs_dir=Path(manifest.folder, "other")).record
+    unchecked = run_local(manifest, seed=1).record.to_json()
     for key in ("adapter_sha256", "test_accuracy", "train_loss_final", "valid_curve"):
         assert checked["metrics"][key] == unchecked["metrics"][key]

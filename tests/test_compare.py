@@ -6,9 +6,17 @@ import copy
 
 import pytest
 
-from peftrepro.compare import judge
+from peftrepro.compare import Judgement
+from peftrepro.compare import judge as judge_records
 from peftrepro.metrics import VerificationPolicy
+from peftrepro.records import RunRecord
 from tests.synthetic import manifest_doc, record, run_id, write_manifest
+
+
+def judge(claim: dict, rerun: dict, policy: VerificationPolicy) -> Judgement:
+    """The verdict on two records in their JSON form (as the tests build them)."""
+    return judge_records(RunRecord.from_json(claim), RunRecord.from_json(rerun), policy)
+
 
 BIT_EXACT = VerificationPolicy(bit_exact=True)
 BANDED = VerificationPolicy(bit_exact=False, score_band=0.02, nondeterministic=("adapter_sha256",))

@@ -87,7 +87,7 @@ def test_a_digits_run_records_score_drift_and_a_grid_and_verifies(
     result = runner.invoke(main, ["run", str(path)])
     assert result.exit_code == 0, result.output
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     schemas.check(record, schemas.RUN_RECORD, str(record_file))
     m = record["metrics"]
     assert record["status"] == "success" and set(m) == set(METRICS_BY_KEY) - TEXT_ONLY - TASK_ONLY
@@ -141,7 +141,7 @@ def test_full_finetuning_of_the_unet_saves_and_reloads_the_whole_model(digits_ta
     )
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 0, result.output
-    record = read_record(list_records(path.parent)[0])
+    record = read_record(list_records(path.parent)[0]).to_json()
     assert record["checks"] == {"round_trip": record["checks"]["round_trip"]}
     assert record["checks"]["round_trip"]["status"] == "passed"
     assert record["metrics"]["trainable_params"] == record["metrics"]["total_params"]

@@ -74,7 +74,7 @@ def test_container_that_fails_to_start_is_removed_and_recorded(write_manifest, f
     code, out = cli("run", str(path), "--runner", "docker")
     assert code == 1, out
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     assert record["status"] == "failed" and "could not select device driver" in record["error"]["message"]
     assert record["environment"]["container"]["repo_digest"] == "unpinned"
     assert "DELETE /containers/c1" in fake.calls
@@ -106,7 +106,7 @@ def test_interrupted_container_run_is_stopped_removed_and_cancelled(
     assert "log line from c2" in err and "Traceback" not in err
     assert "POST /containers/c2/stop" in fake.calls and "DELETE /containers/c2" in fake.calls
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     assert record["status"] == "cancelled" and record["error"]["message"] == "stopped by SIGINT"
     assert record["environment"]["container"]["repo_digest"].endswith("2" * 64)
 
@@ -138,7 +138,7 @@ def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_
     code, out = cli("run", str(folder), "--runner", "docker", "--image", test_image)
     assert code == 0, out
     print(f"\ncontainer run on a warm cache: {time.perf_counter() - t0:.1f} s")
-    [record] = (read_record(p) for p in list_records(folder))
+    [record] = (read_record(p).to_json() for p in list_records(folder))
     local = real_task.record
     assert local["environment"]["runner"] == "local"
     env = record["environment"]

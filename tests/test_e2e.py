@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from peftrepro import schemas
 from peftrepro.cli import main
-from peftrepro.records import read_record
+from peftrepro.records import RunRecord, read_record
 from peftrepro.tasks.arithmetic import GGUF_SHA256, WEIGHTS_SHA256
 from tests.conftest import RealRun
 
@@ -25,11 +25,11 @@ pytestmark = pytest.mark.e2e
 
 
 def test_real_arithmetic_run_and_its_verification(real_task: RealRun) -> None:
-    schemas.check(read_record(real_task.path), schemas.RUN_RECORD, str(real_task.path))
-    m = real_task.record["metrics"]
+    schemas.check(read_record(real_task.path).to_json(), schemas.RUN_RECORD, str(real_task.path))
+    m = real_task.record.metrics
     assert m["trainable_params"] == 2_442_240  # rank 8 on every linear layer of SmolLM2-135M
     assert m["base_test_accuracy"] <= 0.10  # the concept is absent from the base model
-    artifacts = real_task.record["environment"]["artifacts"]
+    artifacts = real_task.record.environment["artifacts"]
     assert artifacts["model"]["gguf_sha256"] == GGUF_SHA256
     assert artifacts["model"]["weights_sha256"] == WEIGHTS_SHA256
 
@@ -72,15 +72,15 @@ def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun,
 
     from peftrepro.collect import load_submission
 
-    def seconds(record: dict) -> float:
-        return float(record.get("metrics", {}).get("total_seconds") or "inf")
+    def seconds(record: RunRecord) -> float:
+        return float(record.metrics.get("total_seconds") or "inf")
 
     claims = []
     for folder in sorted((REPO / "submissions" / "arithmetic").glob("*/*")):
         if not (folder / "manifest.json").exists():
             continue
         found = load_submission(folder).claims
-        if found and min(seconds(c.data) for c in found.values()) <= CI_CLAIM_SECONDS:
+        if found and min(seconds(c.record) for c in found.values()) <= CI_CLAIM_SECONDS:
             claims += [(folder, seed) for seed in sorted(found)]
     if not claims:
         pytest.skip(f"no committed arithmetic claims that ran in {CI_CLAIM_SECONDS} s or less")

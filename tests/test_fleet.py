@@ -66,7 +66,7 @@ def records_by_key(folders: list[Path]) -> dict[tuple[str, int], dict]:
     out = {}
     for folder in folders:
         for path in list_records(folder):
-            record = read_record(path)
+            record = read_record(path).to_json()
             out[(record["submission"]["method"], record["seed"])] = record
     return out
 
@@ -79,10 +79,12 @@ def test_local_executor_two_at_a_time_gives_the_records_of_one_at_a_time(write_m
     assert code == 0, out
     assert "2 of 2 runs recorded" in out
     one = {
-        (r["submission"]["method"], r["seed"]): r for r in map(read_record, (tmp_path / "one").glob("*.json"))
+        (r["submission"]["method"], r["seed"]): r
+        for r in map(lambda p: read_record(p).to_json(), (tmp_path / "one").glob("*.json"))
     }
     two = {
-        (r["submission"]["method"], r["seed"]): r for r in map(read_record, (tmp_path / "two").glob("*.json"))
+        (r["submission"]["method"], r["seed"]): r
+        for r in map(lambda p: read_record(p).to_json(), (tmp_path / "two").glob("*.json"))
     }
     assert sorted(one) == sorted(two) == [("ia3", 0), ("lora", 0)]
     for key in one:
@@ -156,7 +158,8 @@ def test_ray_runs_give_the_records_of_local_runs(ray_address, write_manifest, tm
     assert code == 0, out
     assert "2 of 2 runs recorded" in out
     ray = {
-        (r["submission"]["method"], r["seed"]): r for r in map(read_record, (tmp_path / "ray").glob("*.json"))
+        (r["submission"]["method"], r["seed"]): r
+        for r in map(lambda p: read_record(p).to_json(), (tmp_path / "ray").glob("*.json"))
     }
     assert sorted(ray) == sorted(local)
     for key in local:
@@ -204,7 +207,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_record_is_the_same(ray_addre
     assert f"worker pid {killed[0]}" not in result.where
     local = CliRunner().invoke(main, ["run", str(manifest.path)])
     assert local.exit_code == 0, local.output
-    [record] = [read_record(p) for p in list_records(manifest.folder)]
+    [record] = [read_record(p).to_json() for p in list_records(manifest.folder)]
     assert measured(result.record) == measured(record)
 
 
@@ -252,7 +255,7 @@ def test_ctrl_c_on_the_driver_leaves_a_cancelled_record_for_the_running_job(
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
-    [record] = [read_record(p) for p in list_records(path.parent)]
+    [record] = [read_record(p).to_json() for p in list_records(path.parent)]
     assert record["status"] == "cancelled" and record["error"]["message"] == "stopped by SIGINT"
     assert f"seed {record['seed']} " in first
     assert record["metrics"]["steps_completed"] > 0  # the worker's own record: it knows how far it got

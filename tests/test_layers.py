@@ -23,7 +23,8 @@ LAYERS: tuple[str, ...] = (
     "manifest records compare validate",  # a manifest resolved against its task; records; their comparison
     "job sweep runners.local runners.entry runners.docker runners",  # one run or sweep, and where it happens
     "executors executors.local executors.ray_fleet executors.batch",  # batches of jobs; the one record writer
-    "collect verify leaderboard plot pages scaffold importer ci",  # reading a records tree, and its products
+    "collect verify leaderboard plot sections pages scaffold importer ci",  # records read; pages
+    "cli_options",
     "cli",
 )
 LEVEL = {module: i for i, layer in enumerate(LAYERS) for module in layer.split()}

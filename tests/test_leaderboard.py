@@ -217,17 +217,21 @@ def test_escaped_text_is_inert(text: str) -> None:
 def test_checks_cell_marks_each_status_and_the_weakest_when_seeds_disagree() -> None:
     from peftrepro.collect import Stored
     from peftrepro.leaderboard import checks_cell
+    from peftrepro.records import RunRecord
+
+    def stored(checks: dict | None) -> Stored:
+        return Stored(Path("r.json"), RunRecord.foreign({"checks": checks, "schema_version": 1}), "0" * 64)
 
     def record(identity: str, trip: str) -> Stored:
         statuses = {"identity_at_init": identity, "disable_restores_base": "passed"}
         statuses |= {"only_declared_change": "passed", "round_trip": trip}
-        return Stored(Path("r.json"), {"checks": {k: {"status": v} for k, v in statuses.items()}}, "0" * 64)
+        return stored({k: {"status": v} for k, v in statuses.items()})
 
     assert checks_cell([record("exact", "passed")] * 2) == "I= D M R"
     assert checks_cell([record("exact", "approximate")] * 3) == "I= D M R≈"  # AdaLoRA's pruned ranks
     assert checks_cell([record("exact", "passed"), record("approximate", "approximate")]) == "I≈ D M R≈"
     assert checks_cell([record("exact", "failed"), record("exact", "passed")]) == "I= D M R✗"
-    assert checks_cell([Stored(Path("old.json"), {}, "0" * 64)]) == "–"
+    assert checks_cell([stored(None)]) == "–"
 
 
 def test_crowded_labels_take_distinct_spots_and_a_lone_label_keeps_the_first() -> None:

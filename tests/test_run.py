@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from peftrepro import schemas
 from peftrepro.cli import main
+from peftrepro.executors.batch import land, run_in_child
 from peftrepro.manifest import resolve
 from peftrepro.records import list_records, read_record
 from peftrepro.runners.local import run_local
@@ -46,7 +47,7 @@ def test_run_writes_a_valid_success_record(write_manifest) -> None:
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 0, result.output
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)  # schema-checked
+    record = read_record(record_file).to_json()  # schema-checked
     schemas.check(record, schemas.RUN_RECORD, str(record_file))
     m, env = record["metrics"], record["environment"]
     assert record["status"] == "success" and record["error"] is None
@@ -67,9 +68,10 @@ def test_run_writes_a_valid_success_record(write_manifest) -> None:
 
 def test_same_manifest_and_seed_give_identical_results(write_manifest) -> None:
     manifest = resolve(write_manifest())
-    a = run_local(manifest, seed=3).record
-    b = run_local(manifest, seed=3).record
-    c = run_local(manifest, seed=4).record
+    outputs = [run_local(manifest, seed=s) for s in (3, 3, 4)]
+    for output in outputs:
+        land(output, manifest.folder / "runs")
+    a, b, c = (output.record.to_json() for output in outputs)
     assert a["run_id"] != b["run_id"]
     assert {k: a["metrics"][k] for k in SAME_EVERY_RUN} == {k: b["metrics"][k] for k in SAME_EVERY_RUN}
     assert a["environment"]["environment_sha256"] == b["environment"]["environment_sha256"]
@@ -86,7 +88,7 @@ def test_a_run_that_breaks_writes_a_failed_record_and_exits_1(write_manifest, ti
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 1
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     assert record["status"] == "failed"
     assert record["error"] == {"type": "RuntimeError", "message": "evaluation exploded second line"}
     assert record["metrics"] == {"steps_completed": 6}
@@ -99,7 +101,7 @@ def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_di
     code, out, err = interrupt_during_training(["run", str(path)], tiny_model_dir, sig)
     assert code == 130, err
     [record_file] = list_records(path.parent)
-    record = read_record(record_file)
+    record = read_record(record_file).to_json()
     assert record["status"] == "cancelled"
     assert record["error"]["message"] == f"stopped by {sig.name}"
     assert record["metrics"]["steps_completed"] > 0
@@ -141,8 +143,8 @@ def test_loop_handles_each_kind_of_method(write_manifest, method) -> None:
         }
     )
     outcome = run_local(resolve(path), seed=0)
-    assert outcome.status == "success", outcome.record["error"]
-    m = outcome.record["metrics"]
+    assert outcome.status == "success", outcome.record.error
+    m = outcome.record.metrics
     assert m["trainable_params"] > 0 and m["adapter_bytes"] > 0 and m["steps_completed"] == 4
 
 
@@ -151,15 +153,15 @@ def test_full_finetuning_trains_every_weight_and_saves_the_whole_model(write_man
         {"method": "full-finetuning", "peft_config": None, "training": {"max_steps": 3, "eval_steps": 3}}
     )
     outcome = run_local(resolve(path), seed=0)
-    assert outcome.status == "success", outcome.record["error"]
-    m = outcome.record["metrics"]
+    assert outcome.status == "success", outcome.record.error
+    m = outcome.record.metrics
     assert m["trainable_params"] == m["total_params"] > 100_000
     assert m["adapter_bytes"] > 4 * m["total_params"] * 0.99  # every fp32 weight, saved once
     assert m["train_loss_final"] > 0 and m["forgetting"] != 0  # the base weights really moved
     # Nothing is attached, so only the round trip applies: the trained weights reload to the same outputs.
-    assert set(outcome.record["checks"]) == {"round_trip"}
-    assert outcome.record["checks"]["round_trip"]["status"] == "passed"
-    assert outcome.record["resolved_config"]["peft_config"] is None
+    assert set(outcome.record.checks) == {"round_trip"}
+    assert outcome.record.checks["round_trip"]["status"] == "passed"
+    assert outcome.record.resolved_config["peft_config"] is None
 
 
 def test_lora_fa_trains_lora_b_only(write_manifest) -> None:
@@ -173,8 +175,8 @@ def test_lora_fa_trains_lora_b_only(write_manifest) -> None:
     training = {"optimizer_type": "lora-fa", "optimizer_kwargs": {"lr": 1e-2}, "max_steps": 3}
     manifest = resolve(write_manifest({"method": "lora-fa", "training": training}))
     outcome = run_local(manifest, seed=0)
-    assert outcome.status == "success", outcome.record["error"]
-    saved = adapter_dir("arithmetic", "lora-fa", "tiny", outcome.record["run_id"])
+    assert outcome.status == "success", outcome.record.error
+    saved = adapter_dir("arithmetic", "lora-fa", "tiny", outcome.record.run_id)
     trained = load_file(saved / "adapter_model.safetensors")
     seed_everything(0)  # as the run does right before attaching: the same initial adapter
     config = peftconfig.build(manifest.peft_config, "")
@@ -185,7 +187,7 @@ def test_lora_fa_trains_lora_b_only(write_manifest) -> None:
     assert a_keys and b_keys
     assert all(torch.equal(trained[k], init[k]) for k in a_keys)  # LoRA-FA freezes A ...
     assert not any(torch.equal(trained[k], init[k]) for k in b_keys)  # ... and trains B
-    assert outcome.record["metrics"]["trainable_params"] == sum(trained[k].numel() for k in b_keys)
+    assert outcome.record.metrics["trainable_params"] == sum(trained[k].numel() for k in b_keys)
 
 
 def test_run_refuses_a_folder_without_a_manifest(tmp_path: Path) -> None:
@@ -199,12 +201,13 @@ def test_run_refuses_a_folder_without_a_manifest(tmp_path: Path) -> None:
 
 
 def test_record_is_pretty_sorted_json(write_manifest) -> None:
-    outcome = run_local(resolve(write_manifest()), seed=0)
-    text = outcome.path.read_text()
+    manifest = resolve(write_manifest())
+    outcome = run_local(manifest, seed=0)
+    text = land(outcome, manifest.folder / "runs").read_text()
     assert text == json.dumps(json.loads(text), sort_keys=True, indent=2, ensure_ascii=False) + "\n"
     assert (
         LORA_MANIFEST["peft_config"]["target_modules"]
-        == outcome.record["resolved_config"]["peft_config"]["target_modules"]
+        == outcome.record.resolved_config["peft_config"]["target_modules"]
     )
 
 
@@ -214,21 +217,19 @@ def test_metric_registry_schema_and_runner_agree(write_manifest) -> None:
     schema_keys = set(schemas.validator(schemas.RUN_RECORD).schema["$defs"]["metrics"]["properties"])
     assert schema_keys == set(METRICS_BY_KEY)
     outcome = run_local(resolve(write_manifest()), seed=0)
-    assert set(outcome.record["metrics"]) == set(METRICS_BY_KEY) - IMAGE_ONLY - TASK_ONLY
+    assert set(outcome.record.metrics) == set(METRICS_BY_KEY) - IMAGE_ONLY - TASK_ONLY
 
 
 def test_runs_after_the_first_get_a_fresh_process_with_the_same_results(write_manifest) -> None:
     """`run --seeds` runs each seed in a child process (RSS is a per-process figure); the child
     uses the parent's task registration (the tiny stand-in: 2,048 trainable parameters)."""
-    from peftrepro.runners.local import run_isolated
-
     manifest = resolve(write_manifest())
     inside = run_local(manifest, seed=2).record
-    child = run_isolated(manifest, seed=2)
-    assert child.record["metrics"]["trainable_params"] == 2048
+    child, path = run_in_child(manifest, seed=2)
+    assert child.record.metrics["trainable_params"] == 2048
     for key in SAME_EVERY_RUN:
-        assert child.record["metrics"][key] == inside["metrics"][key], key
-    assert child.path.parent == manifest.folder / "runs"
+        assert child.record.metrics[key] == inside.metrics[key], key
+    assert path.parent == manifest.folder / "runs"
 
 
 def test_an_interrupted_multi_seed_run_leaves_a_cancelled_record(write_manifest, tiny_model_dir) -> None:
@@ -240,5 +241,5 @@ def test_an_interrupted_multi_seed_run_leaves_a_cancelled_record(write_manifest,
         ["run", str(path), "--seeds", "0,1"], tiny_model_dir, signal.SIGINT
     )
     assert code == 130
-    [record] = [read_record(p) for p in list_records(path.parent)]
+    [record] = [read_record(p).to_json() for p in list_records(path.parent)]
     assert record["status"] == "cancelled" and record["seed"] == 0

@@ -7,8 +7,8 @@ import random
 import pytest
 
 from peftrepro.measure import percentile
-from peftrepro.tasks.text import Example, bucketed_batches, collate
 from peftrepro.runconfig import TrainingConfig, check_optimizer_kwargs
+from peftrepro.tasks.text import Example, bucketed_batches, collate
 from peftrepro.training import lr_factor
 
 

@@ -1,0 +1,358 @@
+"""The sections of a task's leaderboard page, each a list of Markdown lines, and the cells they
+share with the overview. pages.py puts them together and writes the files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import quote
+
+from peftrepro.collect import Stored, Submission
+from peftrepro.leaderboard import (
+    STATUSES,
+    Row,
+    Stat,
+    finite,
+    fmt_bytes,
+    fmt_count,
+    fmt_seconds,
+    fmt_stat,
+    md,
+    metrics_of,
+    table,
+)
+from peftrepro.methods import FAMILIES
+from peftrepro.metrics import CHECKS, METRICS_BY_KEY, prior_format
+from peftrepro.sweep import swept_config_sha256
+from peftrepro.tasks import Task, get_task
+
+
+def link(root_rel: str, *parts: str) -> str:
+    return "/".join((root_rel, *parts))
+
+
+def ignored_line(path: Path, why: str, root: Path, root_rel: str) -> str:
+    rel = path.relative_to(root).as_posix()
+    return f"- [{md(rel)}]({link(root_rel, quote(rel))}): {md(why)}"
+
+
+def records_cell(row: Row, root_rel: str) -> str:
+    links = []
+    for r in row.records:
+        seed = r.record.seed
+        rel = r.path.relative_to(row.sub.folder).as_posix()
+        mark = "✓" if seed in row.verified_seeds else ""
+        links.append(f"[s{seed}{mark}]({link(root_rel, *row.sub.key, rel)})")
+    return " ".join(links)
+
+
+def submission_cell(row: Row, root_rel: str) -> str:
+    task, method, name = row.sub.key
+    return f"[{md(method)}/{md(name)}]({link(root_rel, task, method, name, 'manifest.json')})"
+
+
+def status_cell(row: Row) -> str:
+    if row.status == "verified":
+        return f"verified ({len(row.verified_seeds)}/{len(row.records)} seeds)"
+    return row.status.replace("_", " ")
+
+
+def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
+    """The rows that count (not stale, not superseded), with their notes."""
+    score, prior = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.prior_key]
+    headers = ["", "submission", "status", f"{score.label} ↑", "seeds", f"{prior.label} ↓", "peak mem. ↓"]
+    headers += ["train time ↓", "adapter size ↓", "trainable ↓", "checks", "records"]
+    body = [
+        [
+            "★" if r.front else "",
+            submission_cell(r, root_rel),
+            status_cell(r),
+            fmt_stat(r.stats.get(t.score_key), ".3f"),
+            str(len(r.records)) if r.status not in ("failed", "awaiting_run") else "–",
+            fmt_stat(r.stats.get(t.prior_key), prior_format(t.prior_key)),
+            fmt_bytes(r.stats.get("peak_memory_bytes")),
+            fmt_seconds(r.stats.get("train_seconds")),
+            fmt_bytes(r.stats.get("adapter_bytes")),
+            fmt_count(r.stats.get("trainable_params")),
+            r.checks,
+            records_cell(r, root_rel),
+        ]
+        for r in rows
+    ]
+    lines = table(headers, body) if rows else ["No results yet."]
+    notes = [f"- {submission_cell(r, root_rel)}: {md(r.note)}" for r in rows if r.note]
+    return lines + (["", "Notes:", "", *notes] if notes else [])
+
+
+def stale_section(t: Task, rows: list[Row], root_rel: str) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## Stale rows", ""]
+    lines += [
+        "Their records were made for an earlier manifest, task version or record format; "
+        "re-run them to bring them back.",
+        "",
+    ]
+    body = [
+        [
+            submission_cell(r, root_rel),
+            fmt_stat(r.stats.get(t.score_key), ".3f"),
+            md(r.note),
+            records_cell(r, root_rel),
+        ]
+        for r in rows
+    ]
+    return lines + table(["submission", f"{METRICS_BY_KEY[t.score_key].label}", "reason", "records"], body)
+
+
+def history_section(t: Task, rows: list[Row], root_rel: str) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", "## History", "", "Submissions replaced by a newer one (its manifest's `supersedes`).", ""]
+    body = [
+        [
+            submission_cell(r, root_rel),
+            fmt_stat(r.stats.get(t.score_key), ".3f"),
+            str(len(r.records)),
+            md(r.note),
+            records_cell(r, root_rel),
+        ]
+        for r in rows
+    ]
+    headers = ["submission", f"{METRICS_BY_KEY[t.score_key].label}", "seeds", "replaced", "records"]
+    return lines + table(headers, body)
+
+
+def submissions_section(subs: list[Submission]) -> list[str]:
+    lines = ["", "## Submissions", ""]
+    for s in subs:
+        if s.manifest is None:
+            lines.append(f"- {md('/'.join(s.key[1:]))}: manifest does not resolve: {md(s.problem or '')}")
+        else:
+            raw = s.manifest.raw
+            lines.append(
+                f"- **{md(s.key[1])}/{md(s.key[2])}** — {md(raw.get('title', ''))}. "
+                f"{md(raw.get('description', ''), 600)}"
+            )
+    return lines
+
+
+def ignored_section(subs: list[Submission], root: Path, root_rel: str) -> list[str]:
+    ignored = [(p, why) for s in subs for p, why in s.ignored]
+    if not ignored:
+        return []
+    lines = [
+        "",
+        "## Files ignored",
+        "",
+        "Reported so that a broken or edited file is seen, never counted:",
+        "",
+    ]
+    return lines + [ignored_line(p, why, root, root_rel) for p, why in ignored]
+
+
+def judging_section(t: Task) -> list[str]:
+    """How rows are judged: the verification policy, the statuses, the columns, the checks."""
+    lines = ["", "## How rows are judged", "", f"- Verification policy: {t.verification.describe()}."]
+    lines += [f"- `{k}`: {v}" for k, v in STATUSES.items()]
+    lines += ["", "Columns:", ""]
+    for key in (
+        t.score_key,
+        t.prior_key,
+        "peak_memory_bytes",
+        "train_seconds",
+        "adapter_bytes",
+        "trainable_params",
+    ):
+        m = METRICS_BY_KEY[key]
+        lines.append(f"- {m.label} (`{m.key}`, {m.unit}): {m.meaning}.")
+    lines.append(
+        "- checks: the structural checks every record of the row passed (✗: failed; –: records made "
+        "before the checks existed):"
+    )
+    lines += [f"  - {c.code} {c.label}: {c.meaning}." for c in CHECKS]
+    return lines
+
+
+SAMPLES_SHOWN = 5  # rows whose sample grids the page shows, best score first
+SAMPLES_MAX_BYTES = 1 << 20
+
+
+def samples_file(record: Stored) -> tuple[Path, str | None]:
+    """The sample grid saved next to a record, and why it cannot be shown (None: it can). Only a
+    plain file whose bytes match the sha256 the record carries is shown: never a link."""
+    png = record.path.with_suffix(".png")
+    want = metrics_of(record).get("samples_sha256")
+    if png.is_symlink():
+        return png, "grid is a symbolic link; not shown"
+    if not png.is_file():
+        return png, "grid missing"
+    if png.stat().st_size > SAMPLES_MAX_BYTES:
+        return png, "grid too large"
+    if hashlib.sha256(png.read_bytes()).hexdigest() != want:
+        return png, "grid does not match its record's samples_sha256"
+    return png, None
+
+
+def samples_section(score_key: str, rows: list[Row], root_rel: str) -> list[str]:
+    """Image tasks: the sample grids of the best rows (lowest claimed seed of each)."""
+    shown = [r for r in rows if r.records and "samples_sha256" in metrics_of(r.records[0])]
+    if not shown:
+        return []
+    shown.sort(key=lambda r: (-finite(r.value(score_key)), r.sub.key))
+    lines = [
+        "",
+        "## Samples",
+        "",
+        f"The {min(len(shown), SAMPLES_SHOWN)} best rows by {METRICS_BY_KEY[score_key].label}: each run's "
+        "grid, saved next to its record and checked against the record's `samples_sha256`. Top: the new "
+        "concept, ten fixed seeds; bottom: one sample of each known class with the adapter on (drift).",
+        "",
+    ]
+    for r in shown[:SAMPLES_SHOWN]:
+        record = r.records[0]
+        png, problem = samples_file(record)
+        head = f"- {submission_cell(r, root_rel)}, seed {record.record.seed}"
+        if problem:
+            lines.append(f"{head}: {problem}")
+        else:
+            rel = png.relative_to(r.sub.folder).as_posix()
+            lines.append(
+                f"{head}:<br>![samples of {md('/'.join(r.sub.key[1:]))}]({link(root_rel, *r.sub.key, rel)})"
+            )
+    return lines
+
+
+def _norm(method: str) -> str:
+    """A method folder name in a form both spellings share; LoRA variants (dora, rslora, lora-fa)
+    count as lora, as the public comparison files them under lora/."""
+    family = FAMILIES.get(method)
+    return "lora" if family and family.peft_type == "LORA" else method.replace("-", "").replace("_", "")
+
+
+def comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[str]:
+    """Who leads on each axis (from the rows' means), and the ranking against the task's public
+    reference, when it has one."""
+    t = get_task(task_name)
+    prior = METRICS_BY_KEY[t.prior_key]
+    ranked = [r for r in rows if r.status in ("verified", "claimed")]
+    if not ranked:
+        return []
+    lines = [
+        "",
+        "## How the methods compare",
+        "",
+        "The five best verified or claimed rows on each axis (means over seeds, from the table above):",
+        "",
+    ]
+    axes: tuple[tuple[str, str, bool, Callable[[Stat | None], str]], ...] = (
+        (METRICS_BY_KEY[t.score_key].label, t.score_key, True, lambda s: fmt_stat(s, ".3f")),
+        ("peak memory", "peak_memory_bytes", False, fmt_bytes),
+        ("adapter size", "adapter_bytes", False, fmt_bytes),
+        (prior.label, t.prior_key, False, lambda s: fmt_stat(s, prior_format(t.prior_key))),
+    )
+    for label, key, higher, fmt in axes:
+        known = [r for r in ranked if math.isfinite(r.value(key))]
+        known.sort(key=lambda r: (-r.value(key) if higher else r.value(key), r.sub.key))
+        best = ", ".join(f"{submission_cell(r, root_rel)} {fmt(r.stats.get(key))}" for r in known[:5])
+        lines.append(f"- {label} {'↑' if higher else '↓'}: {best or '–'}")
+    return lines + public_reference_section(t, ranked, root_rel)
+
+
+def public_reference_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]:
+    """Our best row per method against the task's public reference, when it has one."""
+    ref = t.public_reference
+    if ref is None:
+        return []
+    lines: list[str] = []
+    best_of: dict[str, Row] = {}
+    for r in ranked:
+        family, score = r.sub.key[1], r.value(t.score_key)
+        if family in ref.scores and (family not in best_of or score > best_of[family].value(t.score_key)):
+            best_of[family] = r
+    body = []
+    for family, (exp, theirs) in ref.scores.items():
+        mine = best_of.get(family)
+        here = (
+            f"{submission_cell(mine, root_rel)} {fmt_stat(mine.stats.get(t.score_key), '.3f')}"
+            if mine
+            else "–"
+        )
+        body.append([md(family), f"{theirs:.3f} ({md(exp)})", here])
+    lines += ["", f"Against {ref.title}: {ref.metric}, from `{ref.source}`.", ""]
+    lines += table(["method", "theirs", "here (best row)"], body)
+    shared = [f for f in ref.scores if f in best_of]
+    if len(shared) > 1:
+        theirs_order = sorted(shared, key=lambda f: -ref.scores[f][1])
+        ours_order = sorted(shared, key=lambda f: -best_of[f].value(t.score_key))
+        same = "the same order" if theirs_order == ours_order else "a different order"
+        lines += ["", f"Their order: {' > '.join(theirs_order)}; here: {' > '.join(ours_order)} ({same})."]
+    ours = {_norm(r.sub.key[1]) for r in ranked}
+    theirs_all = {_norm(m) for m in ref.methods}
+    missing = [m for m in ref.methods if _norm(m) not in ours]
+    extra = sorted({r.sub.key[1] for r in ranked if _norm(r.sub.key[1]) not in theirs_all})
+    lines += [
+        "",
+        f"Their methods without a verified or claimed row here ({len(missing)} of {len(ref.methods)}): "
+        f"{md(', '.join(missing), 2000) or '–'}.",
+        f"Rows here whose method they do not run: {md(', '.join(extra), 2000) or '–'}.",
+    ]
+    return lines
+
+
+def _sweep_cell(points: list[dict], chosen: float | None) -> str:
+    cells = []
+    for p in points:
+        text = f"{p['lr']:g}: " + (f"{p['valid_final']:.3f}" if p["status"] == "success" else "failed")
+        cells.append(f"**{text}**" if p["lr"] == chosen else text)
+    return " · ".join(cells)
+
+
+def _sweep_binding(sub: Submission) -> str:
+    """Does the manifest as it is now use the rate its sweep chose, with the config it swept?"""
+    data, m = sub.sweep.data if sub.sweep else {}, sub.manifest
+    if m is None:
+        return "–"
+    if swept_config_sha256(m.resolved_config()) != data["swept_config_sha256"]:
+        return "config changed since the sweep"
+    lr = m.training.optimizer_kwargs.get("lr")
+    return "uses the chosen rate" if lr == data["chosen_lr"] else f"uses {md(str(lr))}, not the chosen rate"
+
+
+def sweep_section(subs: list[Submission], root_rel: str) -> list[str]:
+    if not subs:
+        return []
+    lines = [
+        "",
+        "## Learning-rate sweeps",
+        "",
+        "Final validation score per learning rate (`peftrepro sweep`, one seed, the task's training "
+        "budget; the test split is never evaluated); the chosen rate in bold, ⚠ when it is still at "
+        "the edge of the rates tried. A best rate at an edge of the grid gets one more rate past it, "
+        "a rung of the 1-3-10 ladder at a time, up to the sweep's `extend` (4 by default).",
+        "",
+    ]
+    rows = []
+    for s in subs:
+        assert s.sweep is not None
+        d = s.sweep.data
+        rel = s.sweep.path.relative_to(s.folder).as_posix()
+        sweep_link = f"[{d['seed']}]({link(root_rel, *s.key, rel)})"
+        chosen = (
+            "–" if d["chosen_lr"] is None else f"{d['chosen_lr']:g}" + (" ⚠" if d["at_grid_edge"] else "")
+        )
+        rows.append(
+            [
+                f"{md(s.key[1])}/{md(s.key[2])}",
+                _sweep_cell(d["points"], d["chosen_lr"]),
+                chosen,
+                _sweep_binding(s),
+                sweep_link,
+            ]
+        )
+    return lines + table(
+        ["submission", "learning rate: validation score", "chosen", "manifest", "seed"], rows
+    )
