@@ -25,6 +25,7 @@ class Engine:
         self.calls: list[str] = []
         self.stopped = threading.Event()
         self.created = 0
+        self.containers: list[dict[str, Any]] = []  # the create request of each container
 
     def add_image(self, ref: str, digest: str | None = None) -> None:
         self.images[ref] = {
@@ -74,7 +75,7 @@ class Handler(BaseHTTPRequestHandler):
         elif path == "/images/create":
             self.reply(404, {"message": "pull access denied: no registry here"})
         elif path == "/containers/create":
-            self.body()
+            e.containers.append(self.body())
             e.created += 1
             self.reply(201, {"Id": f"c{e.created}", "Warnings": []})
         elif m := re.fullmatch(r"/containers/(c[0-9]+)/json", path):

@@ -78,7 +78,7 @@ def test_container_that_fails_to_start_is_removed_and_recorded(write_manifest, f
     assert record["status"] == "failed" and "could not select device driver" in record["error"]["message"]
     assert record["environment"]["container"]["repo_digest"] == "unpinned"
     assert "DELETE /containers/c1" in fake.calls
-    assert not [p for p in path.parent.joinpath("runs").iterdir() if p.name.startswith(".docker-out")]
+    assert [p.name for p in path.parent.joinpath("runs").iterdir()] == [record_file.name]
 
 
 def test_interrupted_container_run_is_stopped_removed_and_cancelled(
@@ -109,6 +109,13 @@ def test_interrupted_container_run_is_stopped_removed_and_cancelled(
     record = read_record(record_file).to_json()
     assert record["status"] == "cancelled" and record["error"]["message"] == "stopped by SIGINT"
     assert record["environment"]["container"]["repo_digest"].endswith("2" * 64)
+    # The assets are fetched by the CLI in a container with a network; the run itself is the job
+    # entry point, not a nested `peftrepro run`, in a container without one.
+    fetch, job = fake.containers
+    assert fetch["Cmd"] == ["fetch", "arithmetic"] and fetch.get("Entrypoint") is None
+    assert job["Entrypoint"] == ["python", "-m", "peftrepro.runners.entry"]
+    assert job["Cmd"] == ["/submissions/arithmetic/lora/tiny/manifest.json", "--seed", "0", "--out", "/out"]
+    assert job["HostConfig"]["NetworkMode"] == "none"
 
 
 # ---- a real engine ----------------------------------------------------------------------------
@@ -139,7 +146,7 @@ def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_
     assert code == 0, out
     print(f"\ncontainer run on a warm cache: {time.perf_counter() - t0:.1f} s")
     [record] = (read_record(p).to_json() for p in list_records(folder))
-    local = real_task.record
+    local = real_task.record.to_json()
     assert local["environment"]["runner"] == "local"
     env = record["environment"]
     assert env["runner"] == "docker" and env["container"]["repo_digest"] == test_image

@@ -208,7 +208,7 @@ def test_a_worker_killed_mid_job_is_retried_and_the_record_is_the_same(ray_addre
     local = CliRunner().invoke(main, ["run", str(manifest.path)])
     assert local.exit_code == 0, local.output
     [record] = [read_record(p).to_json() for p in list_records(manifest.folder)]
-    assert measured(result.record) == measured(record)
+    assert result.run is not None and measured(result.run.record.to_json()) == measured(record)
 
 
 def test_a_worker_lost_past_its_retries_leaves_a_failed_record(ray_address, write_manifest) -> None:
@@ -222,10 +222,9 @@ def test_a_worker_lost_past_its_retries_leaves_a_failed_record(ray_address, writ
         [Job.for_manifest(manifest, seed=0)], kill, lambda r: None
     )
     assert result.status == "failed" and result.attempts == 1
-    assert result.record is not None and result.record["error"]["type"] == "WorkerLost"
-    assert result.record["error"]["message"].startswith(
-        "the Ray worker running it was lost on each of 1 attempt(s)"
-    )
+    error = result.run.record.error if result.run is not None else None
+    assert error is not None and error.type == "WorkerLost"
+    assert error.message.startswith("the Ray worker running it was lost on each of 1 attempt(s)")
 
 
 def test_ctrl_c_on_the_driver_leaves_a_cancelled_record_for_the_running_job(

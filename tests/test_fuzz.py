@@ -3,8 +3,9 @@
 
 Each fuzzer mutates a valid file at a random place (or replaces it with random bytes) and asks:
 does the reader answer with a one-line error or a clean result, never an exception? The example
-count is $PEFTREPRO_FUZZ_EXAMPLES (default 10000 for each reader; the leaderboard, which renders
-pages per example, gets a fiftieth). About 4 minutes on 2 cores.
+count is $PEFTREPRO_FUZZ_EXAMPLES (default 300 for each reader in the suite; the leaderboard, which
+renders pages per example, gets a fiftieth, at least 20). The long run, 10,000 per reader, and the
+bombs' timings are `benchmarks/fuzz.py`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import copy
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from peftrepro.pages import render
 from tests.conftest import LORA_MANIFEST
 from tests.synthetic import record, run_id, verification
 
-EXAMPLES = int(os.environ.get("PEFTREPRO_FUZZ_EXAMPLES", "10000"))
+EXAMPLES = int(os.environ.get("PEFTREPRO_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 
 leaves = (
@@ -176,20 +176,17 @@ def test_json_bombs_are_refused_fast_with_one_line(tmp_path: Path) -> None:
         "NaN": b'{"a": NaN}',
         "not UTF-8": b'{"a": "\xff"}',
     }
-    for name, raw in bombs.items():
-        t0 = time.perf_counter()
+    for name, raw in bombs.items():  # how fast each is refused: benchmarks/fuzz.py
         with pytest.raises(JSONReadError) as info:
             parse_json(raw)
-        assert time.perf_counter() - t0 < 1.0, name
         assert one_line(str(info.value)), name
     huge = tmp_path / "submissions" / "arithmetic" / "lora" / "big" / "manifest.json"
     huge.parent.mkdir(parents=True)
     with open(huge, "wb") as f:  # 100 MB, sparse: refused by its size before a byte is read
         f.truncate(100 * 2**20)
-    t0 = time.perf_counter()
     with pytest.raises(ManifestError) as e:
         resolve(huge)
-    assert time.perf_counter() - t0 < 1.0 and "at most 1000000 are accepted" in e.value.message
+    assert "at most 1000000 are accepted" in e.value.message
 
 
 def test_symbolic_links_out_of_the_tree_are_never_read(tmp_path: Path, valid) -> None:
