@@ -26,6 +26,11 @@ LORA_MANIFEST: dict[str, Any] = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that need the test image run last: scripts/test builds it in the background meanwhile."""
+    items.sort(key=lambda item: "test_image" in getattr(item, "fixturenames", ()))
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))

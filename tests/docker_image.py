@@ -157,6 +157,25 @@ def project_image(client, work: Path) -> str:
     return ref
 
 
+def wait_for_background_build() -> str | None:
+    """The reference of the image scripts/test builds in the background ($PEFTREPRO_TEST_IMAGE_PID
+    writing to $PEFTREPRO_TEST_IMAGE_REF), once that build has finished; None when there is none."""
+    import os
+    import time
+
+    pid, ref_file = os.environ.get("PEFTREPRO_TEST_IMAGE_PID"), os.environ.get("PEFTREPRO_TEST_IMAGE_REF")
+    if not pid or not ref_file:
+        return None
+    while Path(f"/proc/{pid}").exists() and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+        time.sleep(1)
+    ref = Path(ref_file).read_text().strip()
+    if not ref:
+        log_file = Path(ref_file).with_name("image.log")
+        tail = log_file.read_text()[-3000:] if log_file.exists() else "(no log)"
+        raise RuntimeError(f"the background build of the test image failed:\n{tail}")
+    return ref
+
+
 def build_all(work: Path, host: str | None = None) -> str:
     import docker
 

@@ -131,9 +131,10 @@ def test_image(tmp_path_factory: pytest.TempPathFactory) -> str:
                 "PEFTREPRO_REQUIRE_DOCKER=1 but no PEFTREPRO_TEST_DOCKER_HOST: the engine did not start"
             )
         pytest.skip("no test engine (scripts/test starts one)")
-    from tests.docker_image import build_all
+    from tests.docker_image import build_all, wait_for_background_build
 
-    return build_all(tmp_path_factory.mktemp("image-work"), REAL_HOST)
+    built = wait_for_background_build()  # scripts/test builds it while the rest of the suite runs
+    return built or build_all(tmp_path_factory.mktemp("image-work"), REAL_HOST)
 
 
 def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_path, monkeypatch) -> None:

@@ -72,7 +72,8 @@ def outputs(m: ResolvedManifest) -> list[RunOutput]:
             checks=case["checks"],
         )
         record = dataclasses.replace(record, toolkit=TOOLKIT)  # not the installed package's version
-        made.append(RunOutput(record, samples, manifest_fault=error is not None and error.type == "CheckFailed"))
+        fault = error is not None and error.type == "CheckFailed"
+        made.append(RunOutput(record, samples, manifest_fault=fault))
     return made
 
 
@@ -101,7 +102,7 @@ def test_the_writers_write_the_golden_bytes(tmp_path: Path) -> None:
         for name, data in files.items():
             (EXPECTED / name).parent.mkdir(parents=True, exist_ok=True)
             (EXPECTED / name).write_bytes(data)
-    expected = {p.relative_to(EXPECTED).as_posix(): p.read_bytes() for p in EXPECTED.rglob("*") if p.is_file()}
+    expected = {p.relative_to(EXPECTED).as_posix(): p.read_bytes() for p in EXPECTED.rglob("*.*")}
     assert sorted(files) == sorted(expected)
     for name, data in files.items():
         assert data == expected[name], f"{name} differs from tests/golden/records/expected/{name}"
