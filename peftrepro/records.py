@@ -183,10 +183,14 @@ class RunOutput:
         return self.record.status
 
 
+def submission_of(manifest: ResolvedManifest, task_version: str) -> SubmissionRef:
+    return SubmissionRef(manifest.task, task_version, manifest.method, manifest.name, manifest.sha256)
+
+
 def build_record(
-    manifest: ResolvedManifest,
+    submission: SubmissionRef,
+    resolved_config: dict[str, Any],
     *,
-    task_version: str,
     run_id: str,
     seed: int,
     started: datetime,
@@ -200,13 +204,11 @@ def build_record(
     return RunRecord(
         run_id=run_id,
         status=status,
-        submission=SubmissionRef(
-            manifest.task, task_version, manifest.method, manifest.name, manifest.sha256
-        ),
+        submission=submission,
         seed=seed,
         started_at=timestamp(started),
         finished_at=timestamp(finished),
-        resolved_config=manifest.resolved_config(),
+        resolved_config=resolved_config,
         metrics=metrics,
         environment=environment,
         error=error,

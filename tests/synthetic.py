@@ -15,7 +15,7 @@ from typing import Any
 from peftrepro.compare import judge
 from peftrepro.jsonio import canonical_sha256, pretty_bytes
 from peftrepro.manifest import ResolvedManifest, resolve
-from peftrepro.records import RunError, RunRecord, build_record
+from peftrepro.records import RunError, RunRecord, build_record, submission_of
 from peftrepro.tasks import get_task
 
 DISTRIBUTIONS = ["peft==0.21.2", "torch==2.13.0+cpu", "transformers==5.23.0"]
@@ -127,8 +127,8 @@ def record(
     values = {**METRICS, **metrics} if status == "success" else {"steps_completed": 7}
     started = datetime.strptime(rid[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
     rec = build_record(
-        manifest,
-        task_version=get_task(manifest.task).version,
+        submission_of(manifest, get_task(manifest.task).version),
+        manifest.resolved_config(),
         run_id=rid,
         seed=seed,
         started=started,

@@ -27,6 +27,7 @@ from peftrepro.records import (
     RunOutput,
     build_record,
     read_record,
+    submission_of,
     write_record,
     write_verification,
 )
@@ -59,8 +60,8 @@ def outputs(m: ResolvedManifest) -> list[RunOutput]:
             metrics["samples_sha256"] = hashlib.sha256(samples).hexdigest()
         environment = {**case["environment"], "manifest_sha256": m.sha256}
         record = build_record(
-            m,
-            task_version=get_task(m.task).version,
+            submission_of(m, get_task(m.task).version),
+            m.resolved_config(),
             run_id=case["run_id"],
             seed=case["seed"],
             started=when,

@@ -243,3 +243,23 @@ def test_an_interrupted_multi_seed_run_leaves_a_cancelled_record(write_manifest,
     assert code == 130
     [record] = [read_record(p).to_json() for p in list_records(path.parent)]
     assert record["status"] == "cancelled" and record["seed"] == 0
+
+
+def test_the_manifest_is_read_once_and_its_peft_config_built_once(write_manifest, monkeypatch) -> None:
+    """A job carries the bytes `resolve` read (the file is not read again), and the run attaches a
+    copy of the PEFT config `resolve` built (peft may mutate the config it attaches)."""
+    from peftrepro import peftconfig
+    from peftrepro.executors import Job
+
+    path = write_manifest()
+    source = path.read_bytes()
+    manifest = resolve(path)
+    path.unlink()  # nothing below may need the file again
+    job = Job.for_manifest(manifest, seed=0)
+    assert job.manifest == source and job.submission.manifest_sha256 == manifest.sha256
+    built = []
+    monkeypatch.setattr(peftconfig, "build", lambda *a, **k: built.append(a) or None)
+    output = run_local(manifest, seed=0)
+    assert output.status == "success", output.record.error
+    assert built == []  # the run used manifest.peft, not a config built again
+    assert manifest.peft_config_object() is not manifest.peft

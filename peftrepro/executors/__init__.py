@@ -16,7 +16,6 @@ manifests and seeds give the same records whatever executed them.
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,9 +24,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
-from peftrepro.records import RunError, RunOutput, utc_now
-from peftrepro.runners.local import unwritten_record
-from peftrepro.tasks import get_task, register, task_factory, task_names
+from peftrepro.records import (
+    RunError,
+    RunOutput,
+    SubmissionRef,
+    build_record,
+    new_run_id,
+    submission_of,
+    utc_now,
+)
+from peftrepro.tasks import get_task, task_factory
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,8 @@ class Job:
     rel: str  # "task/method/name": where the manifest sits in a submissions tree
     origin: str  # the manifest's path on the driver: used in place where it exists with these bytes
     manifest: bytes  # the manifest file, byte for byte
-    manifest_sha256: str  # of its canonical form, as records name it
+    submission: SubmissionRef  # what its record names: task (and version), method, name, manifest sha256
+    resolved_config: dict[str, Any]  # what its record says it ran
     seed: int
     task_factory: Callable[[], Any]  # the task's registration, pickled along (local stand-ins carry over)
     needs_gpu: bool
@@ -63,7 +70,8 @@ class Job:
             rel=f"{manifest.task}/{manifest.method}/{manifest.name}",
             origin=str(manifest.path),
             manifest=manifest.source,
-            manifest_sha256=manifest.sha256,
+            submission=submission_of(manifest, task.version),
+            resolved_config=manifest.resolved_config(),
             seed=seed,
             task_factory=task_factory(manifest.task),
             needs_gpu=task.accelerator == "cuda",
@@ -119,14 +127,14 @@ def unrecorded(job: Job, status: str, error: RunError, *, runner: str, attempts:
     was stopped before it could hand one back): what is known, nothing measured."""
     if job.kind != "run":
         return JobResult(job, status, error=error.message, attempts=attempts)
-    if job.task not in task_names():
-        register(job.task, job.task_factory)
-    with tempfile.TemporaryDirectory(prefix="peftrepro-job-") as tmp:
-        manifest = job.materialize(Path(tmp))
-    record = unwritten_record(
-        manifest,
+    now = utc_now()
+    record = build_record(
+        job.submission,
+        job.resolved_config,
+        run_id=new_run_id(job.seed, now),
         seed=job.seed,
-        started=utc_now(),
+        started=now,
+        finished=now,
         status=status,
         metrics={"steps_completed": 0},
         environment={"runner": runner},

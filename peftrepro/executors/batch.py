@@ -113,7 +113,7 @@ def run_submissions(
     codes: list[int] = []
 
     def start(job: Job, where: str) -> None:
-        echo.err(f"running {job.key} (manifest {job.manifest_sha256[:12]}){executor.where(where)}")
+        echo.err(f"running {job.key} (manifest {job.submission.manifest_sha256[:12]}){executor.where(where)}")
 
     def done(result: JobResult) -> None:
         if result.run is None:  # refused before any record

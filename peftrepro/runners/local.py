@@ -22,7 +22,7 @@ from peftrepro.job import execute, preflight
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.paths import adapter_dir
-from peftrepro.records import RunError, RunOutput, RunRecord, build_record, new_run_id, utc_now
+from peftrepro.records import RunError, RunOutput, RunRecord, build_record, new_run_id, submission_of, utc_now
 from peftrepro.tasks import get_task
 
 
@@ -105,11 +105,11 @@ def unwritten_record(
     run_id: str | None = None,
     checks: dict[str, Any] | None = None,
 ) -> RunRecord:
-    """The run's record, finished now. Also what a runner or executor uses to say what happened
-    when the job itself left none (its process died, its container failed to start)."""
+    """The run's record, finished now (also what the docker runner makes when its container
+    handed out none)."""
     return build_record(
-        manifest,
-        task_version=get_task(manifest.task).version,
+        submission_of(manifest, get_task(manifest.task).version),
+        manifest.resolved_config(),
         run_id=run_id or new_run_id(seed, started),
         seed=seed,
         started=started,
