@@ -575,7 +575,7 @@ def claimed_seeds(sub: Path) -> set[int]:
     return {
         seed
         for seed, record in claims.items()
-        if allocator_of(record.data.get("environment", {})) == ALLOCATOR_ENV
+        if allocator_of(record.record.environment) == ALLOCATOR_ENV
     }
 
 

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tiny
 
-from peftrepro.executors import Job, JobResult, get_executor
+from peftrepro.executors import Job, JobResult
+from peftrepro.executors.batch import ExecutorChoice, land
 from peftrepro.manifest import resolve
-from peftrepro.runners.local import land
 from peftrepro.tasks import register
 from peftrepro.tasks.arithmetic import GGUFSource, LocalDirSource
 
@@ -60,7 +60,8 @@ def main() -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
     resolved = resolve(folder / "manifest.json")
     jobs = [Job.for_manifest(resolved, seed=s) for s in range(args.jobs)]
-    get_executor("local").map(jobs[:1], lambda j, w: None, lambda r: None)  # warm the base-model cache
+    # warm the base-model cache
+    ExecutorChoice("local").make().map(jobs[:1], lambda j, w: None, lambda r: None)
 
     ray_bin = Path(sys.executable).parent / "ray"
     port = 46000 + os.getpid() % 1000
@@ -90,9 +91,9 @@ def main() -> None:
     records: dict[str, dict[int, dict]] = {}
     try:
         for label, executor in (
-            ("local, 1 process", get_executor("local", jobs=1)),
-            ("local, 2 processes", get_executor("local", jobs=2)),
-            ("ray, this machine", get_executor("ray", address=f"127.0.0.1:{port}")),
+            ("local, 1 process", ExecutorChoice("local", jobs=1).make()),
+            ("local, 2 processes", ExecutorChoice("local", jobs=2).make()),
+            ("ray, this machine", ExecutorChoice("ray", address=f"127.0.0.1:{port}").make()),
         ):
             runs = root / "runs" / label.replace(" ", "").replace(",", "-")
             got: dict[int, dict] = {}
@@ -102,7 +103,9 @@ def main() -> None:
             def keep(
                 result: JobResult, runs: Path = runs, got: dict[int, dict] = got, where: set[str] = where
             ) -> None:
-                got[result.job.seed] = land(result, runs).record
+                assert result.run is not None, result.error
+                land(result.run, runs)
+                got[result.job.seed] = result.run.record.to_json()
                 where.add(result.where)
 
             t0 = time.perf_counter()
