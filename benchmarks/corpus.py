@@ -573,9 +573,7 @@ def claimed_seeds(sub: Path) -> set[int]:
 
     claims = load_submission(sub).claims
     return {
-        seed
-        for seed, record in claims.items()
-        if allocator_of(record.record.environment) == ALLOCATOR_ENV
+        seed for seed, record in claims.items() if allocator_of(record.record.environment) == ALLOCATOR_ENV
     }
 
 
