@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from peftrepro.errors import EXIT_BAD_INPUT, NotConvertible, PeftreproError
-from peftrepro.jsonio import replace_file
+from peftrepro.jsonio import JSONReadError, read_json, replace_file
 from peftrepro.manifest import resolve
 from peftrepro.tasks import get_task, task_names
 
@@ -100,8 +100,8 @@ def task_for(defaults: dict[str, Any]) -> str:
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        data = read_json(path)
+    except (OSError, JSONReadError) as e:
         raise NotConvertible(f"{path}: unreadable JSON ({e})") from None
     if not isinstance(data, dict):
         raise NotConvertible(f"{path}: expected a JSON object")

@@ -102,7 +102,7 @@ def parse_json(raw: bytes) -> Any:
     if _bracket_depth(text) > MAX_JSON_DEPTH:
         raise JSONReadError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
-        return json.loads(
+        obj = json.loads(
             text,
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_reject_constant,
@@ -111,6 +111,31 @@ def parse_json(raw: bytes) -> Any:
         )
     except json.JSONDecodeError as e:
         raise JSONReadError(f"not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if "\\u" in text:  # strict UTF-8 has no surrogates; only a \u escape can spell one
+        _no_lone_surrogates(obj, "")
+    return obj
+
+
+# JSON's \uD800 escapes decode to lone UTF-16 surrogates, which no UTF-8 writer (a page, a terminal)
+# can encode: one such character in a title crashed every reader. They are refused where read.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(obj: Any, where: str) -> None:
+    if isinstance(obj, str):
+        found = _SURROGATE.search(obj)
+        if found is not None:
+            code = f"\\u{ord(found.group()):04x}"
+            raise JSONReadError(
+                f"text at {where or '/'} holds a lone surrogate ({code}); expected valid Unicode"
+            )
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            _no_lone_surrogates(key, where)
+            _no_lone_surrogates(value, f"{where}/{_SURROGATE.sub('?', key)}")
+    elif isinstance(obj, list):
+        for i, value in enumerate(obj):
+            _no_lone_surrogates(value, f"{where}/{i}")
 
 
 # A JSON string literal (unrolled loop: fast on long strings), and the brackets outside strings.

@@ -238,6 +238,63 @@ def check_policy(
     for ptr, value in _walk(peft_config, ("peft_config",)):
         if isinstance(value, str) and _looks_like_path(value, regex=len(ptr) > 1 and ptr[1] in REGEX_FIELDS):
             fail(ptr, f"file paths are not accepted in a manifest, got {schemas.show(value)}")
+    for key in sorted(REGEX_FIELDS & set(peft_config)):
+        value = peft_config[key]  # a string is a regular expression; a list holds plain names
+        if isinstance(value, str) and (risk := backtracking_risk(value)):
+            fail(("peft_config", key), f"{risk} can make matching module names take minutes; use a list of names")
+
+
+MAX_UNBOUNDED_REPEATS = 3  # `.*` per pattern: module names are short, so n^3 steps stay cheap
+
+
+def backtracking_risk(pattern: str) -> str | None:
+    """Why peft's `re.fullmatch` of this pattern against module names could run for minutes, or None.
+
+    Python's regex engine backtracks: an unbounded repeat inside another (`(.*)*Z`), an alternation
+    under an unbounded repeat (`(a|a)*`) or a back-reference can take exponential time on a
+    non-match, and a non-match is what almost every module name is. Module patterns need none of
+    them (the public comparison's are names, `all-linear` or `.*\\.(q_proj|v_proj)`), so they are
+    refused before peft ever compiles the pattern.
+    """
+    import re._constants as sre
+    import re._parser as sre_parse
+
+    try:
+        tree = sre_parse.parse(pattern)
+    except re.error as e:
+        return f"not a valid regular expression ({e.msg})"
+    unbounded = 0
+
+    def walk(items: Any, under_repeat: bool) -> str | None:
+        nonlocal unbounded
+        for op, av in items:
+            if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+                low, high, sub = av
+                endless = high == sre.MAXREPEAT
+                unbounded += endless
+                if endless and under_repeat:
+                    return "an unbounded repeat inside another"
+                found = walk(sub, under_repeat or endless)
+            elif op == sre.SUBPATTERN or op == sre.ATOMIC_GROUP:
+                found = walk(av[-1] if op == sre.SUBPATTERN else av, under_repeat)
+            elif op == sre.BRANCH:
+                if under_repeat:
+                    return "an alternation under an unbounded repeat"
+                found = next((w for b in av[1] if (w := walk(b, under_repeat))), None)
+            elif op in (sre.GROUPREF, sre.GROUPREF_EXISTS):
+                return "a back-reference"
+            elif op in (sre.ASSERT, sre.ASSERT_NOT):
+                found = walk(av[1], under_repeat)
+            else:
+                found = None
+            if found:
+                return found
+        return None
+
+    found = walk(tree, False)
+    if found is None and unbounded > MAX_UNBOUNDED_REPEATS:
+        found = f"{unbounded} unbounded repeats (at most {MAX_UNBOUNDED_REPEATS})"
+    return found
 
 
 def _depth(value: Any) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 from peftrepro import __version__, schemas
 from peftrepro.errors import PeftreproError, RecordError
 from peftrepro.job import preflight, train_adapter
-from peftrepro.jsonio import canonical_sha256, pretty_bytes, replace_file
+from peftrepro.jsonio import JSONReadError, canonical_sha256, pretty_bytes, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.records import timestamp, utc_now
 from peftrepro.tasks import get_task
@@ -219,9 +219,9 @@ def load_previous(folder: Path) -> dict[str, Any] | None:
     """The submission's sweep.json if it is readable and schema-valid; anything else is not reused."""
     path = folder / SWEEP_FILE
     try:
-        record = json.loads(path.read_text())
+        record = read_json(path)
         schemas.check(record, schemas.SWEEP, str(path), RecordError)
-    except (OSError, ValueError, RecordError):
+    except (OSError, JSONReadError, RecordError):
         return None
     return record if isinstance(record, dict) else None
 

@@ -117,6 +117,41 @@ HOSTILE: list[tuple[str, dict | bytes, str]] = [
     ("ten-megabytes", b'{"description": "' + b"x" * 10_000_000 + b'"}', ""),
     ("deeply-nested-file", b"[" * 100_000 + b"]" * 100_000, ""),
     ("truncated", json.dumps(LORA_MANIFEST).encode()[:-20], ""),
+    # A lone UTF-16 surrogate, which no UTF-8 page or terminal can print: it once crashed every reader.
+    ("lone-surrogate-title", json.dumps({**LORA_MANIFEST, "title": "\ud800"}).encode(), ""),
+    ("lone-surrogate-key", json.dumps({**LORA_MANIFEST, "peft_config": {**PC, "\udfff": 1}}).encode(), ""),
+    # Patterns that make Python's regex engine backtrack for minutes on every non-matching module name.
+    (
+        "regex-nested-repeat",
+        {"peft_config": {**PC, "target_modules": "(.*)*Z"}},
+        "/peft_config/target_modules",
+    ),
+    (
+        "regex-alternation-repeat",
+        {"peft_config": {**PC, "exclude_modules": "(a|a)*b"}},
+        "/peft_config/exclude_modules",
+    ),
+    (
+        "regex-backreference",
+        {"peft_config": {**PC, "target_modules": "(\\w+)\\1"}},
+        "/peft_config/target_modules",
+    ),
+    (
+        "regex-many-repeats",
+        {"peft_config": {**PC, "target_modules": ".*.*.*.*x"}},
+        "/peft_config/target_modules",
+    ),
+    ("regex-invalid", {"peft_config": {**PC, "target_modules": "(q_proj"}}, "/peft_config/target_modules"),
+    (
+        "huge-rank-pattern",
+        {"peft_config": {**PC, "rank_pattern": {"q_proj": 300_000}}},
+        "/peft_config/rank_pattern/q_proj",
+    ),
+    (
+        "huge-alpha-pattern",
+        {"peft_config": {**PC, "alpha_pattern": {"q_proj": 1e9}}},
+        "/peft_config/alpha_pattern/q_proj",
+    ),
 ]
 
 
@@ -167,3 +202,32 @@ def test_hostile_manifest_in_a_real_process_prints_no_traceback(write_manifest, 
         f"error: {path}: /peft_config/trust_remote_code: remote code is never run; remove this field"
     ]
     assert not (path.parent / "runs").exists()  # refused before anything ran
+
+
+def test_a_lone_surrogate_never_crashes_a_reader(write_manifest, tmp_path: Path) -> None:
+    """One manifest and one record spelling a lone surrogate: the commands that read the whole tree
+    list them as refused, in one ASCII line each, and still do their job."""
+    from tests.synthetic import manifest_doc, record, run_id
+    from tests.synthetic import write_manifest as write_doc
+
+    root = tmp_path / "tree"
+    good = write_doc(root, manifest_doc("ia3", "fine", {"peft_type": "IA3"}))
+    bad_record = record(good, 0, run_id(0, 0))
+    bad_record["environment"]["cpu_capability"] = "\ud800"  # a field the schema does not type
+    runs = good.folder / "runs"
+    runs.mkdir()
+    (runs / f"{run_id(0, 0)}.json").write_text(json.dumps(bad_record))  # ASCII: the escape spells it
+    hostile = root / "arithmetic" / "lora" / "tiny"
+    hostile.mkdir(parents=True)
+    (hostile / "manifest.json").write_text(json.dumps({**LORA_MANIFEST, "title": "\ud800"}))
+    runner = CliRunner()
+    out = tmp_path / "board"
+    result = runner.invoke(main, ["leaderboard", "--submissions", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "lone surrogate" in result.stderr and (out / "arithmetic.md").exists()
+    assert "lone surrogate" in (out / "arithmetic.md").read_text()  # the refusal is shown, not the text
+    listed = runner.invoke(main, ["list", "submissions", "--submissions", str(root)])
+    assert listed.exit_code == 0 and "lone surrogate" in listed.output, listed.output
+    checked = runner.invoke(main, ["validate", "--no-attach", str(hostile)])
+    assert checked.exit_code == 2 and checked.stderr.count("\n") == 1 and "lone surrogate" in checked.stderr
+    assert "Traceback" not in listed.output + checked.output
