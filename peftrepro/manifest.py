@@ -241,7 +241,10 @@ def check_policy(
     for key in sorted(REGEX_FIELDS & set(peft_config)):
         value = peft_config[key]  # a string is a regular expression; a list holds plain names
         if isinstance(value, str) and (risk := backtracking_risk(value)):
-            fail(("peft_config", key), f"{risk} can make matching module names take minutes; use a list of names")
+            fail(
+                ("peft_config", key),
+                f"{risk} can make matching module names take minutes; use a list of names",
+            )
 
 
 MAX_UNBOUNDED_REPEATS = 3  # `.*` per pattern: module names are short, so n^3 steps stay cheap
@@ -269,7 +272,7 @@ def backtracking_risk(pattern: str) -> str | None:
         nonlocal unbounded
         for op, av in items:
             if op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
-                low, high, sub = av
+                _, high, sub = av
                 endless = high == sre.MAXREPEAT
                 unbounded += endless
                 if endless and under_repeat:

@@ -220,6 +220,22 @@ def record_path(runs_dir: Path, run_id: str) -> Path:
     return runs_dir / f"{run_id}.json"
 
 
+def folder_problem(folder: Path) -> str | None:
+    """Why records may not be written into `folder`, or None. A symbolic link (dangling or not) is
+    refused: a pull request could point a submission's runs/ anywhere on the verifier's machine."""
+    if folder.is_symlink():
+        return f"{folder} is a symbolic link; records are written only into plain folders"
+    if folder.exists() and not folder.is_dir():
+        return f"{folder} is not a folder"
+    return None
+
+
+def _checked_folder(folder: Path, path: Path) -> None:
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise RecordError(str(path), "", problem)
+
+
 def write_record(runs_dir: Path, output: RunOutput) -> Path:
     """The one place a run record is written: validated against the schema (a record we could not
     read back is a bug: fail loudly), then written atomically under a new name, its sample grid
@@ -228,6 +244,7 @@ def write_record(runs_dir: Path, output: RunOutput) -> Path:
     path = record_path(runs_dir, record.run_id)
     data = record.to_json()
     schemas.check(data, schemas.RUN_RECORD, str(path), RecordError)
+    _checked_folder(runs_dir, path)
     if output.samples is not None:
         if hashlib.sha256(output.samples).hexdigest() != record.metrics.get("samples_sha256"):
             raise RecordError(
@@ -337,5 +354,6 @@ def write_verification(submission_folder: Path, verification: VerificationRecord
     path = submission_folder / VERIFICATIONS_DIR / f"{verification.verification_id}.json"
     data = verification.to_json()
     schemas.check(data, schemas.VERIFICATION, str(path), RecordError)
+    _checked_folder(path.parent, path)
     write_new_file(path, pretty_bytes(data))
     return path

@@ -27,9 +27,11 @@ from peftrepro.executors.local import LocalExecutor
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import (
+    VERIFICATIONS_DIR,
     ClaimRef,
     RunRecord,
     VerificationRecord,
+    folder_problem,
     new_run_id,
     timestamp,
     utc_now,
@@ -281,6 +283,9 @@ def verify_submissions(
     if bool(paths) + all_ + (changed_since is not None) != 1:
         raise UsageError("name submissions (PATH...), or give --all or --changed-since GIT_REF")
     subs = _chosen(paths, changed_since, root, echo)
+    for sub in subs:  # refused before any re-run
+        if problem := folder_problem(sub.folder / VERIFICATIONS_DIR):
+            raise UsageError(problem)
     if not subs:
         echo.out("nothing to verify")
         return 0

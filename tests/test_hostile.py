@@ -231,3 +231,28 @@ def test_a_lone_surrogate_never_crashes_a_reader(write_manifest, tmp_path: Path)
     checked = runner.invoke(main, ["validate", "--no-attach", str(hostile)])
     assert checked.exit_code == 2 and checked.stderr.count("\n") == 1 and "lone surrogate" in checked.stderr
     assert "Traceback" not in listed.output + checked.output
+
+
+@pytest.mark.parametrize("folder", ["runs", "verifications"])
+@pytest.mark.parametrize("dangling", [False, True])
+def test_a_symlinked_records_folder_is_refused_before_anything_runs(
+    write_manifest, tmp_path: Path, folder: str, dangling: bool
+) -> None:
+    """A pull request whose runs/ (or verifications/) is a link could make `run` or `verify` write
+    anywhere on the verifier's machine: refused in one line, exit 2, before any job starts."""
+    path = write_manifest()
+    outside = tmp_path / "outside"
+    if not dangling:
+        outside.mkdir()
+    if folder == "verifications":  # a claim to verify, written while runs/ is still a plain folder
+        assert CliRunner().invoke(main, ["run", str(path)]).exit_code == 0
+    (path.parent / folder).symlink_to(outside, target_is_directory=True)
+    command = ["run", str(path)] if folder == "runs" else ["verify", str(path.parent), "--seed", "0"]
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2, result.output
+    assert (
+        result.stderr
+        == f"error: {path.parent / folder} is a symbolic link; records are written only into plain folders\n"
+    )
+    assert not outside.exists() or not list(outside.iterdir())
+    assert "running " not in result.stderr and "re-running" not in result.stderr

@@ -139,3 +139,13 @@ def test_a_sample_grid_that_does_not_match_its_hash_is_not_written(tmp_path: Pat
     with pytest.raises(RecordError, match="samples_sha256"):
         write_record(m.folder / "runs", forged)
     assert not (m.folder / "runs").exists() or not list((m.folder / "runs").iterdir())
+
+
+def test_the_writer_never_follows_a_symlinked_folder(tmp_path: Path) -> None:
+    m = manifest(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (m.folder / "runs").symlink_to(elsewhere, target_is_directory=True)
+    with pytest.raises(RecordError, match="symbolic link"):
+        write_record(m.folder / "runs", outputs(m)[0])
+    assert not list(elsewhere.iterdir())

@@ -20,7 +20,7 @@ from peftrepro.executors.local import LocalExecutor
 from peftrepro.executors.ray_fleet import RayExecutor
 from peftrepro.manifest import ResolvedManifest, find_manifests, resolve
 from peftrepro.metrics import prior_format
-from peftrepro.records import RUNS_DIR, RunOutput, RunRecord, write_record
+from peftrepro.records import RUNS_DIR, RunOutput, RunRecord, folder_problem, write_record
 from peftrepro.runners import RUNNER_KINDS, default_kind
 from peftrepro.sweep import apply_lr, load_previous, point_line, write_sweep
 from peftrepro.tasks import get_task
@@ -110,6 +110,9 @@ def run_submissions(
                 raise UsageError(f"{job.rel} is named twice ({folder_of[job.key]}, {m.folder})")
             folder_of[job.key] = m.folder
             planned.append(job)
+    for folder in {runs_dir or f / RUNS_DIR for f in folder_of.values()}:  # refused before any run
+        if problem := folder_problem(folder):
+            raise UsageError(problem)
     codes: list[int] = []
 
     def start(job: Job, where: str) -> None:
