@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,3 +257,44 @@ def test_a_symlinked_records_folder_is_refused_before_anything_runs(
     )
     assert not outside.exists() or not list(outside.iterdir())
     assert "running " not in result.stderr and "re-running" not in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        text = (task / "children").read_text() if (task / "children").exists() else ""
+        found += [int(c) for c in text.split()]
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_a_job_process_dies_with_a_parent_killed_before_it_finished_importing(
+    write_manifest, tmp_path: Path
+) -> None:
+    """`peftrepro run` killed (SIGKILL) the moment its job process exists, long before that process
+    has imported torch: the job process exits too, instead of training on as an orphan."""
+    path = write_manifest({"training": {**LORA_MANIFEST["training"], "max_steps": 100000}})
+    env = {**os.environ, "PEFTREPRO_CACHE": str(tmp_path / "cache")}
+    # The installed console script: its main module (peftrepro.cli) is what a job process imports first.
+    script = Path(sys.executable).parent / "peftrepro"
+    proc = subprocess.Popen([str(script), "run", str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    jobs: list[int] = []
+    while not jobs and time.monotonic() < deadline:
+        jobs = [c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+        time.sleep(0.01)
+    assert jobs, "the job process never started"
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(_alive(j) for j in jobs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(j) for j in jobs), "the job process outlived its parent"

@@ -22,7 +22,7 @@ LAYERS: tuple[str, ...] = (
     "tasks",  # their registry
     "manifest records compare validate",  # a manifest resolved against its task; records; their comparison
     "job sweep runners.local runners.entry runners.docker runners",  # one run or sweep, and where it happens
-    "executors executors.local executors.ray_fleet executors.batch",  # batches of jobs; the one record writer
+    "executors executors.work child executors.local executors.ray_fleet executors.batch",  # batches of jobs
     "collect verify leaderboard plot sections pages scaffold importer ci",  # records read; pages
     "cli_options",
     "cli",

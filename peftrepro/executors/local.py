@@ -7,7 +7,8 @@ had arrived, else `failed` with its exit code.
 
 SIGINT and SIGTERM reaching the driver are forwarded to every running child (which ends its run
 with a `cancelled` record: runners/local.py) and no further job starts. Children die with the
-process that started them (Linux's parent-death signal): a killed Ray worker leaves no orphan run.
+process that started them (Linux's parent-death signal, armed by child.py before anything heavy
+is imported): a killed driver or Ray worker leaves no orphan run.
 """
 
 from __future__ import annotations
@@ -26,60 +27,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from peftrepro.errors import PeftreproError
+from peftrepro import child
 from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
+from peftrepro.executors.work import RESULT_FILE
 from peftrepro.records import RunError
-from peftrepro.runners import get_runner
 from peftrepro.runners.local import allocator_environment
-from peftrepro.sweep import point_line, run_sweep
-from peftrepro.tasks import register
-
-RESULT_FILE = "result.pickle"
-
-
-def perform(job: Job, workdir: Path) -> JobResult:
-    """Run one job in this process (the executors give each job a fresh one)."""
-    register(job.task, job.task_factory)
-    manifest = job.materialize(workdir)
-    where = socket.gethostname()
-    if job.kind == "sweep":
-        assert job.sweep is not None
-        record = run_sweep(
-            manifest,
-            job.sweep["lrs"],
-            seed=job.seed,
-            extend=job.sweep["extend"],
-            previous=job.sweep["previous"],
-            on_point=lambda p: print(point_line(job.rel, p), flush=True),
-        )
-        return JobResult(job, "success", sweep=record, where=where)
-    output = get_runner(job.runner, **job.runner_options)(manifest, seed=job.seed)
-    return JobResult(job, output.status, run=output, where=where)
-
-
-def _die_with_parent() -> None:
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: an orphaned child finishes its job unheard
-        pass
-
-
-def _child(job: Job, workdir: str) -> None:
-    _die_with_parent()
-    try:
-        result = perform(job, Path(workdir))
-    except PeftreproError as e:  # refused before any record: bad input, said in one line
-        result = JobResult(job, "refused", error=e.message)
-    except KeyboardInterrupt:  # a sweep stopped by Ctrl-C writes nothing
-        result = JobResult(job, "cancelled", error="stopped by SIGINT")
-    # The result exists: a late signal must not lose it on its way to the driver.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    tmp = Path(workdir) / (RESULT_FILE + ".part")
-    tmp.write_bytes(pickle.dumps(result))
-    tmp.rename(Path(workdir) / RESULT_FILE)
 
 
 @dataclass
@@ -111,7 +63,8 @@ class LocalExecutor:
                 while pending and not signals and len(running) < self.jobs:
                     job = pending.pop()
                     workdir = Path(tempfile.mkdtemp(prefix="peftrepro-job-"))
-                    process = ctx.Process(target=_child, args=(job, str(workdir)), name="peftrepro-job")
+                    args = (pickle.dumps(job), str(workdir), os.getpid())
+                    process = ctx.Process(target=child.start, args=args, name="peftrepro-job")
                     with allocator_environment():
                         process.start()
                     running[process.sentinel] = _Running(job, process, workdir)
