@@ -65,7 +65,7 @@ class OneThreadArithmeticTask(ArithmeticTask):
 def register_tiny(folder: Path) -> None:
     """Make `arithmetic` load the tiny model (policy still sees the real task's base model id)."""
     build_tiny_model(folder)
-    # A partial, not a lambda: runs in child processes (runners.local.run_isolated) unpickle it.
+    # A partial, not a lambda: job processes (executors/local.py) unpickle it.
     register("arithmetic", functools.partial(ArithmeticTask, LocalDirSource(folder, GGUFSource.model_id)))
 
 
