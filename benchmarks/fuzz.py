@@ -27,18 +27,9 @@ from tabulate import tabulate
 from peftrepro.errors import ManifestError
 from peftrepro.jsonio import JSONReadError, parse_json
 from peftrepro.manifest import resolve
+from tests.test_fuzz import BOMBS
 
 REPO = Path(__file__).resolve().parent.parent
-BOMBS = {
-    "deep": b"[" * 100_000 + b"]" * 100_000,
-    "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
-    "long integer": b'{"a": ' + b"9" * 5000 + b"}",
-    "overflowing float": b'{"a": 1e400}',
-    "long float": b'{"a": 0.' + b"1" * 10_000 + b"}",
-    "duplicate keys": b'{"a": 1, "a": 2}',
-    "NaN": b'{"a": NaN}',
-    "not UTF-8": b'{"a": "\xff"}',
-}
 
 
 def best_of(f: Callable[[], object], n: int = 5) -> float:

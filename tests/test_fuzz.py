@@ -165,18 +165,22 @@ def test_leaderboard_fuzzed_writes_only_its_own_files(valid) -> None:
     target.unlink()
 
 
-def test_json_bombs_are_refused_fast_with_one_line(tmp_path: Path) -> None:
-    bombs = {
-        "deep": b"[" * 100_000 + b"]" * 100_000,
-        "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
-        "long integer": b'{"a": ' + b"9" * 5000 + b"}",
-        "overflowing float": b'{"a": 1e400}',
-        "long float": b'{"a": 0.' + b"1" * 10_000 + b"}",
-        "duplicate keys": b'{"a": 1, "a": 2}',
-        "NaN": b'{"a": NaN}',
-        "not UTF-8": b'{"a": "\xff"}',
-    }
-    for name, raw in bombs.items():  # how fast each is refused: benchmarks/fuzz.py
+# Inputs that would cost a naive reader minutes or memory; benchmarks/fuzz.py times their refusal.
+BOMBS = {
+    "deep": b"[" * 100_000 + b"]" * 100_000,
+    "deep object": b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    "long integer": b'{"a": ' + b"9" * 5000 + b"}",
+    "overflowing float": b'{"a": 1e400}',
+    "long float": b'{"a": 0.' + b"1" * 10_000 + b"}",
+    "duplicate keys": b'{"a": 1, "a": 2}',
+    "NaN": b'{"a": NaN}',
+    "not UTF-8": b'{"a": "\xff"}',
+    "lone surrogate": b'{"a": "\\ud800"}',
+}
+
+
+def test_json_bombs_are_refused_with_one_line(tmp_path: Path) -> None:
+    for name, raw in BOMBS.items():
         with pytest.raises(JSONReadError) as info:
             parse_json(raw)
         assert one_line(str(info.value)), name
