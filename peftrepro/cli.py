@@ -23,6 +23,7 @@ from peftrepro.cli_options import (
     parse_seeds,
     paths_argument,
     runner_options,
+    sign_option,
     submissions_option,
     with_options,
 )
@@ -159,6 +160,7 @@ def sweep(
 @click.option("--all-seeds", is_flag=True, help="Re-run every claimed seed (default: one, chosen at random).")
 @click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=None, help="Re-run this claimed seed.")
 @submissions_option
+@sign_option
 @with_options(RUNNER_OPTIONS)
 @with_options(EXECUTOR_OPTIONS)
 def verify(
@@ -168,6 +170,7 @@ def verify(
     all_seeds: bool,
     seed: int | None,
     root: Path,
+    sign_with: Path | None,
     **options: Any,
 ) -> None:
     """Re-run submissions' claimed records and judge them under each task's tolerance policy.
@@ -188,8 +191,20 @@ def verify(
         executor=executor_choice(options),
         runner_options=runner_options(options),
         echo=ECHO,
+        sign_with=sign_with,
     )
     sys.exit(code)
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--key", required=True, type=click.Path(path_type=Path), help="Your SSH private key.")
+def sign(files: tuple[Path, ...], key: Path) -> None:
+    """Vouch for verification files you ran or reviewed (a CI artifact, say): writes FILE.sig, an SSH
+    signature that counts on the leaderboard when KEY is listed in verifiers/allowed_signers."""
+    from peftrepro.verify import sign_verifications
+
+    sys.exit(sign_verifications(list(files), key, echo=ECHO))
 
 
 @main.command()
@@ -268,12 +283,32 @@ def list_(what: str, root: Path) -> None:
 @click.option("--no-verify", is_flag=True, help="Skip re-running claimed records (the slow step).")
 @submissions_option
 @click.option("--leaderboard", "board", type=click.Path(path_type=Path), default=Path("leaderboard"))
-def ci(ref: str, summary: Path | None, smoke_steps: int, no_verify: bool, root: Path, board: Path) -> None:
+@sign_option
+def ci(
+    ref: str,
+    summary: Path | None,
+    smoke_steps: int,
+    no_verify: bool,
+    root: Path,
+    board: Path,
+    sign_with: Path | None,
+) -> None:
     """The pull-request check, locally: policy, validate --deep, a smoke run and verify for each
     submission changed since GIT_REF, then leaderboard --check. Exit 0 when all passed, 1 if not."""
     from peftrepro.ci import ci_command
 
-    sys.exit(ci_command(root, ref, board, summary, smoke_steps=smoke_steps, verify=not no_verify, echo=ECHO))
+    sys.exit(
+        ci_command(
+            root,
+            ref,
+            board,
+            summary,
+            smoke_steps=smoke_steps,
+            verify=not no_verify,
+            echo=ECHO,
+            sign_with=sign_with,
+        )
+    )
 
 
 @main.command()

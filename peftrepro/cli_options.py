@@ -17,6 +17,14 @@ submissions_option = click.option(
     show_default=True,
     help="The submissions tree to read (verify: for --all and --changed-since).",
 )
+sign_option = click.option(
+    "--sign-with",
+    type=click.Path(path_type=Path),
+    envvar="PEFTREPRO_SIGNING_KEY",
+    default=None,
+    help="Sign each verification written with this SSH key ($PEFTREPRO_SIGNING_KEY): it counts on the "
+    "leaderboard when the key is listed in verifiers/allowed_signers.",
+)
 RUNNER_OPTIONS = [
     click.option(
         "--runner",

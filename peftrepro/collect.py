@@ -33,6 +33,7 @@ from peftrepro.records import (
     parse_record,
     parse_verification,
 )
+from peftrepro.signing import MAX_SIG_BYTES, Signature, check, signature_path, signers_file
 from peftrepro.sweep import SWEEP_FILE
 from peftrepro.tasks import get_task, task_names
 
@@ -58,6 +59,11 @@ class StoredVerification:
     path: Path
     verification: VerificationRecord
     sha256: str
+    signature: Signature  # who vouches that the re-run happened (signing.py); unsigned counts for nothing
+
+    @property
+    def signer(self) -> str | None:
+        return self.signature.signer
 
 
 @dataclass(frozen=True)
@@ -94,13 +100,18 @@ class Submission:
 
 
 def _read(path: Path) -> tuple[dict[str, Any], str]:
+    obj, raw = _read_bytes(path)
+    return obj, hashlib.sha256(raw).hexdigest()
+
+
+def _read_bytes(path: Path) -> tuple[dict[str, Any], bytes]:
     if path.is_symlink():
         raise JSONReadError("is a symbolic link; records must be plain files")
     raw = read_capped(path)
     obj = parse_json(raw)
     if not isinstance(obj, dict):
         raise JSONReadError("expected a JSON object")
-    return obj, hashlib.sha256(raw).hexdigest()
+    return obj, raw
 
 
 def _files(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[Path]:
@@ -130,7 +141,9 @@ def _field(obj: dict[str, Any], *keys: str) -> Any:
     return obj
 
 
-def load_submission(folder: Path) -> Submission:
+def load_submission(folder: Path, signers: Path | None = None) -> Submission:
+    """One submission folder (root/task/method/name); `signers` is the allowed_signers file that
+    vouches for its verifications (default: the one beside the tree, signing.signers_file)."""
     sub = Submission(folder, (folder.parent.parent.name, folder.parent.name, folder.name))
     try:
         sub.manifest = resolve(folder / MANIFEST_FILE)
@@ -138,7 +151,7 @@ def load_submission(folder: Path) -> Submission:
         sub.problem = e.message
     _load_records(sub)
     if sub.claims and sub.manifest is not None:
-        _load_verifications(sub)
+        _load_verifications(sub, signers or signers_file(folder.resolve().parents[2]))
     _load_sweep(sub)
     return sub
 
@@ -252,13 +265,13 @@ def _stale_reason(record: RunRecord, m: ResolvedManifest | None, version: str | 
     return f"manifest changed since the run (sha256 {was}, now {m.sha256[:12]})"
 
 
-def _load_verifications(sub: Submission) -> None:
+def _load_verifications(sub: Submission, signers: Path) -> None:
     assert sub.manifest is not None
     by_run_id = {r.run_id: r for r in sub.claims.values()}
     policy = get_task(sub.manifest.task).verification
     for path in _files(sub.folder / VERIFICATIONS_DIR, sub.ignored):
         try:
-            data, sha = _read(path)
+            data, raw = _read_bytes(path)
         except (JSONReadError, OSError) as e:
             sub.ignored.append((path, str(e)))
             continue
@@ -281,7 +294,21 @@ def _load_verifications(sub: Submission) -> None:
         if problem:
             sub.ignored.append((path, problem))
         else:
-            sub.verifications[claim.run_id] = StoredVerification(path, v, sha)
+            sha = hashlib.sha256(raw).hexdigest()
+            sub.verifications[claim.run_id] = StoredVerification(path, v, sha, _signature(path, raw, signers))
+
+
+def _signature(path: Path, raw: bytes, signers: Path) -> Signature:
+    """Who vouches for the verification file `path` whose bytes were `raw` (signing.py)."""
+    sig = signature_path(path)
+    if sig.is_symlink():
+        return Signature(None, "its .sig is a symbolic link: not read")
+    if not sig.is_file():
+        return Signature(None, "unsigned")
+    try:
+        return check(raw, read_capped(sig, MAX_SIG_BYTES), signers)
+    except (JSONReadError, OSError) as e:
+        return Signature(None, f"its .sig cannot be read: {e}")
 
 
 def _verification_problem(

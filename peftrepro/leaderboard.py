@@ -19,9 +19,12 @@ from peftrepro.tasks import get_task
 
 COMMAND = "peftrepro leaderboard"
 STATUSES = {
-    "verified": "`peftrepro verify` re-ran at least one seed and reproduced its record under the policy",
-    "claimed": "records exist for the current manifest; no verification yet",
-    "not_reproduced": "a verification of one of its records failed: the numbers are disputed",
+    "verified": (
+        "a verifier listed in verifiers/allowed_signers signed a re-run (`peftrepro verify`) that reproduced "
+        "at least one seed's record under the policy; the row names who, and the seeds no one re-ran"
+    ),
+    "claimed": "records exist for the current manifest; no signed verification yet",
+    "not_reproduced": "a signed verification of one of its records failed: the numbers are disputed",
     "flagged": (
         "mean score no better than the untuned base model's by more than one seed std: a broken setup, "
         "not a method result"
@@ -53,7 +56,9 @@ class Row:
     status: str
     records: list[Stored]
     stats: dict[str, Stat | None] = field(default_factory=dict)
-    verified_seeds: list[int] = field(default_factory=list)
+    verified_seeds: list[int] = field(default_factory=list)  # reproduced by a signed verification
+    verifiers: list[str] = field(default_factory=list)  # who signed them
+    unsigned: dict[int, str] = field(default_factory=dict)  # seed -> a re-run no listed verifier vouches for
     note: str = ""
     front: bool = False
     checks: str = "–"
@@ -70,13 +75,22 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     """One row per submission; never run (or only cancelled): an `awaiting_run` row without figures."""
     if sub.claims:
         records = [sub.claims[s] for s in sorted(sub.claims)]
-        verdicts = {
-            s: sub.verifications[r.run_id].verification.verdict
-            for s, r in sub.claims.items()
-            if r.run_id in sub.verifications
-        }
+        done = sub.verifications
+        found = {s: done[c.run_id] for s, c in sub.claims.items() if c.run_id in done}
+        vouched = {v.signer for v in found.values() if v.signer and v.verification.verdict == REPRODUCED}
+        # Only a signed verification counts, either way: an unsigned one could have been written by hand.
+        verdicts = {s: v.verification.verdict for s, v in found.items() if v.signer is not None}
         row = Row(
-            sub, "claimed", records, verified_seeds=sorted(s for s, v in verdicts.items() if v == REPRODUCED)
+            sub,
+            "claimed",
+            records,
+            verified_seeds=sorted(s for s, v in verdicts.items() if v == REPRODUCED),
+            verifiers=sorted(str(v) for v in vouched),
+            unsigned={
+                s: f"says {v.verification.verdict.replace('_', ' ')} ({v.signature.why})"
+                for s, v in sorted(found.items())
+                if v.signer is None
+            },
         )
     elif sub.latest is not None and sub.latest.record.status == "failed":
         failed, error = [sub.latest], sub.latest.record.error

@@ -181,7 +181,7 @@ def list_submissions(root: Path) -> list[list[str]]:
         seeds = ",".join(str(r.record.seed) for r in row.records)
         status = row.status.replace("_", " ")
         if row.status == "verified":
-            status += f" ({len(row.verified_seeds)}/{len(row.records)})"
+            status += f" ({len(row.verified_seeds)}/{len(row.records)}, by {', '.join(row.verifiers)})"
         rows.append([label, status, f"seeds {seeds}" + (f"; {row.note}" if row.note else "")])
     return rows
 

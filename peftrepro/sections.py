@@ -56,8 +56,23 @@ def submission_cell(row: Row, root_rel: str) -> str:
 
 def status_cell(row: Row) -> str:
     if row.status == "verified":
-        return f"verified ({len(row.verified_seeds)}/{len(row.records)} seeds)"
+        return f"verified ({len(row.verified_seeds)}/{len(row.records)} seeds, by {', '.join(row.verifiers)})"
     return row.status.replace("_", " ")
+
+
+def row_note(row: Row) -> str:
+    """The row's note, plus what its verifications do not cover: seeds no verifier re-ran (their
+    figures are the contributor's word), and re-runs that no listed verifier signed."""
+    parts = [row.note] if row.note else []
+    if row.verified_seeds:
+        rest = [str(r.record.seed) for r in row.records if r.record.seed not in row.verified_seeds]
+        if rest:
+            parts.append(f"seeds no verifier re-ran: {', '.join(rest)}")
+    parts += [
+        f"seed {seed}: a re-run {what}: not counted until a listed verifier signs it"
+        for seed, what in row.unsigned.items()
+    ]
+    return "; ".join(parts)
 
 
 def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
@@ -83,7 +98,7 @@ def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
         for r in rows
     ]
     lines = table(headers, body) if rows else ["No results yet."]
-    notes = [f"- {submission_cell(r, root_rel)}: {md(r.note)}" for r in rows if r.note]
+    notes = [f"- {submission_cell(r, root_rel)}: {md(n)}" for r in rows if (n := row_note(r))]
     return lines + (["", "Notes:", "", *notes] if notes else [])
 
 

@@ -24,6 +24,7 @@ from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, UsageError
 from peftrepro.executors import Executor, Job, JobResult
 from peftrepro.executors.batch import ExecutorChoice
 from peftrepro.executors.local import LocalExecutor
+from peftrepro.jsonio import JSONReadError, read_json
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import (
@@ -33,10 +34,12 @@ from peftrepro.records import (
     VerificationRecord,
     folder_problem,
     new_run_id,
+    parse_verification,
     timestamp,
     utc_now,
     write_verification,
 )
+from peftrepro.signing import sign, signature_path
 from peftrepro.tasks import get_task
 
 
@@ -48,6 +51,7 @@ class Verification:
     judgement: Judgement | None  # None when the re-run was cancelled or refused: nothing written
     path: Path | None
     error: str | None = None  # the re-run was refused before it ran (one line)
+    signature: Path | None = None  # <path>.sig, when signed (--sign-with)
 
 
 def changes_since(root: Path, ref: str) -> dict[Path, str]:
@@ -72,6 +76,33 @@ def changes_since(root: Path, ref: str) -> dict[Path, str]:
         if parts[: len(prefix)] == prefix and len(parts) > len(prefix):
             out[root.joinpath(*parts[len(prefix) :])] = kind
     return out
+
+
+def _repo(root: Path) -> Any:
+    import git
+
+    try:
+        return git.Repo(root, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise UsageError(f"{root}: not inside a git repository") from None
+
+
+def head_commit(root: Path) -> str:
+    """The commit checked out at `root` (in CI: the pull request's merge commit)."""
+    return str(_repo(root).head.commit.hexsha)
+
+
+def file_at(root: Path, ref: str, path: Path) -> bytes | None:
+    """The bytes of `path` (a file of the repository holding `root`) at git `ref`; None if absent."""
+    import git
+
+    repo = _repo(root)
+    rel = path.resolve().relative_to(Path(repo.working_dir).resolve()).as_posix()
+    try:
+        blob = repo.commit(ref).tree / rel
+    except (KeyError, git.BadName, ValueError):
+        return None
+    return bytes(blob.data_stream.read())
 
 
 def changed_submissions(root: Path, ref: str, changes: dict[Path, str] | None = None) -> list[Path]:
@@ -123,8 +154,11 @@ def claim_job(sub: Submission, seed: int, runner: str | None, options: dict[str,
     return Job.for_manifest(sub.manifest, seed=seed, runner=kind, runner_options=opts)
 
 
-def judge_rerun(sub: Submission, seed: int, result: JobResult, started: datetime) -> Verification:
-    """Judge a re-run against its claim and write the verification next to the submission's records."""
+def judge_rerun(
+    sub: Submission, seed: int, result: JobResult, started: datetime, sign_with: Path | None = None
+) -> Verification:
+    """Judge a re-run against its claim and write the verification next to the submission's records;
+    with `sign_with` (an SSH key), sign it (signing.py) so that it counts on the leaderboard."""
     assert sub.manifest is not None
     claim = sub.claims[seed]
     if result.status == "refused":
@@ -136,12 +170,13 @@ def judge_rerun(sub: Submission, seed: int, result: JobResult, started: datetime
     judgement = judge(claim.record, rerun, policy)
     record = build_verification(claim.record, claim.sha256, rerun, judgement, policy, started)
     path = write_verification(sub.folder, record)
-    return Verification(sub.label, seed, claim.path, judgement, path)
+    signature = sign(path, sign_with) if sign_with is not None else None
+    return Verification(sub.label, seed, claim.path, judgement, path, signature=signature)
 
 
-def verify_claim(sub: Submission, seed: int) -> Verification:
+def verify_claim(sub: Submission, seed: int, sign_with: Path | None = None) -> Verification:
     """Re-run one claimed seed here (a fresh process) and write its verification."""
-    [v] = verify_all([sub], all_seeds=False, seed=seed, runner=None)
+    [v] = verify_all([sub], all_seeds=False, seed=seed, runner=None, sign_with=sign_with)
     if v.error is not None:
         raise UsageError(v.error)
     return v
@@ -184,6 +219,7 @@ def verify_all(
     runner: str | None,
     options: dict[str, Any] | None = None,
     executor: Executor | None = None,
+    sign_with: Path | None = None,
     on_start: Callable[[Submission, int, Path, str], None] = lambda sub, s, claim, where: None,
     on_done: Callable[[Verification], None] = lambda v: None,
 ) -> list[Verification]:
@@ -206,7 +242,7 @@ def verify_all(
 
     def done(result: JobResult) -> None:
         sub, s, _ = plan[result.job.key]
-        v = judge_rerun(sub, s, result, started.get(result.job.key, utc_now()))
+        v = judge_rerun(sub, s, result, started.get(result.job.key, utc_now()), sign_with)
         returned.add(result.job.key)
         results.append(v)
         on_done(v)
@@ -260,6 +296,12 @@ def report(v: Verification) -> str:
         lines.append("  environment: identical to the claim's")
     lines += [f"  reason: {r}" for r in v.judgement.reasons]
     lines.append(f"  verdict: {v.judgement.verdict.upper()} -> {v.path}")
+    lines.append(
+        f"  signed: {v.signature}"
+        if v.signature
+        else "  unsigned: it counts on the leaderboard once a verifier listed in "
+        "verifiers/allowed_signers signs it (`peftrepro sign`)"
+    )
     return "\n".join(lines)
 
 
@@ -275,6 +317,7 @@ def verify_submissions(
     runner_options: dict[str, Any],
     executor: ExecutorChoice,
     echo: Echo,
+    sign_with: Path | None = None,
 ) -> int:
     """`peftrepro verify`: choose the submissions and seeds, re-run them, judge, write, report.
     Exit 0 when every claim checked was reproduced, 1 when any was not, 2 on bad input."""
@@ -282,6 +325,8 @@ def verify_submissions(
         raise UsageError("give --seed or --all-seeds, not both")
     if bool(paths) + all_ + (changed_since is not None) != 1:
         raise UsageError("name submissions (PATH...), or give --all or --changed-since GIT_REF")
+    if sign_with is not None and not sign_with.is_file():
+        raise UsageError(f"--sign-with {sign_with}: no such key file")
     subs = _chosen(paths, changed_since, root, echo)
     for sub in subs:  # refused before any re-run
         if problem := folder_problem(sub.folder / VERIFICATIONS_DIR):
@@ -307,6 +352,7 @@ def verify_submissions(
         runner=runner,
         options=runner_options,
         executor=executor.make(),
+        sign_with=sign_with,
         on_start=start,
         on_done=done,
     )
@@ -317,6 +363,22 @@ def verify_submissions(
     if any(v.judgement is None for v in results):
         return EXIT_CANCELLED
     return 0 if counts["reproduced"] == len(results) else 1
+
+
+def sign_verifications(files: list[Path], key: Path, *, echo: Echo) -> int:
+    """`peftrepro sign`: sign verification files (each must read as one; none may be signed yet)."""
+    for f in files:  # all checked before any is signed
+        if f.is_symlink() or not f.is_file():
+            raise UsageError(f"{f}: not a plain file")
+        try:
+            parse_verification(read_json(f), str(f))
+        except (JSONReadError, OSError) as e:
+            raise UsageError(f"{f}: {e}") from None
+        if signature_path(f).exists() or signature_path(f).is_symlink():
+            raise UsageError(f"{signature_path(f)}: already exists; a verification is signed once")
+    for f in files:
+        echo.out(f"signed {f} -> {sign(f, key)}")
+    return 0
 
 
 def _chosen(paths: tuple[Path, ...], changed_since: str | None, root: Path, echo: Echo) -> list[Submission]:

@@ -9,7 +9,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.synthetic import PASSED_CHECKS, manifest_doc, record, run_id, save, verification, write_manifest
+from tests.synthetic import (
+    PASSED_CHECKS,
+    manifest_doc,
+    record,
+    run_id,
+    save,
+    sign_file,
+    trust,
+    verification,
+    write_manifest,
+)
 
 GOLDEN = Path(__file__).parent / "golden" / "leaderboard"
 LORA = {"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
@@ -25,6 +35,7 @@ def build(root: Path) -> None:
     if root.exists():
         shutil.rmtree(root)
     root.mkdir(parents=True)
+    trust(root)  # tests/keys/tester is this tree's one verifier
 
     # verified, on the front: three seeds, seed 0 reproduced; an older truncated record is reported
     m = write_manifest(root, manifest_doc("lora", "r8", LORA, title="LoRA r=8, all linear layers"))
@@ -34,19 +45,21 @@ def build(root: Path) -> None:
             "runs",
             record(m, seed, run_id(3, seed, seed), test_accuracy=acc, peak_memory_bytes=int(1.73 * GiB)),
         )
-        if seed == 0:
-            save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 1)))
+        if seed == 0:  # signed by the tree's verifier: it counts
+            sign_file(save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 1))))
         if seed == 1:  # a verification whose verdict was edited by hand: ignored, and listed
             v = verification(path, read(path), run_id(4, 1, 2), test_accuracy=0.30)
             v["verdict"] = "reproduced"
             save(m.folder, "verifications", v)
     (m.folder / "runs" / f"{run_id(1, 0, 9)}.json").write_text('{"schema_version": 1, "run_id": "2026')
 
-    # claimed, on the front (cheaper); and an exact twin of it, which must share the front
+    # claimed, on the front (cheaper); and an exact twin of it, which must share the front. Each has
+    # a verification that says "reproduced" and counts for nothing: small's is unsigned (a copy of
+    # the claim, as a forger would write it), twin's is signed by a key the tree does not list.
     for name in ("small", "twin"):
         m = write_manifest(root, manifest_doc("ia3", name, IA3))
         for seed in (0, 1):
-            save(
+            path = save(
                 m.folder,
                 "runs",
                 record(
@@ -59,15 +72,23 @@ def build(root: Path) -> None:
                     trainable_params=57_600,
                 ),
             )
+            if seed == 0:
+                forged = save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 11)))
+                if name == "twin":
+                    sign_file(forged, "stranger")
 
-    # claimed, dominated: worse score and more memory than lora/r8
+    # claimed, dominated: worse score and more memory than lora/r8. Its verification was signed by
+    # the tree's verifier, then edited (one byte appended): the signature no longer matches.
     m = write_manifest(
         root,
         manifest_doc("loha", "r8", {"peft_type": "LOHA", "r": 8, "target_modules": ["q_proj", "v_proj"]}),
     )
-    save(
+    path = save(
         m.folder, "runs", record(m, 0, run_id(3, 0, 20), test_accuracy=0.30, peak_memory_bytes=int(1.9 * GiB))
     )
+    edited = save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 21)))
+    sign_file(edited)
+    edited.write_bytes(edited.read_bytes() + b"\n")
 
     # flagged: no better than the base model; its title and description try to inject markup
     m = write_manifest(
@@ -151,7 +172,9 @@ def build(root: Path) -> None:
     path = save(
         m.folder, "runs", record(m, 0, run_id(3, 0, 40), test_accuracy=0.9, peak_memory_bytes=int(1.0 * GiB))
     )
-    save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 41), test_accuracy=0.31))
+    sign_file(
+        save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 41), test_accuracy=0.31))
+    )
 
     # failed, with an error message that tries to inject markup
     m = write_manifest(

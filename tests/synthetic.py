@@ -174,3 +174,38 @@ def verification(claim_path: Path, claim: dict[str, Any], vid: str, **rerun_metr
         finished_at=claim["finished_at"],
     )
     return doc
+
+
+KEYS = Path(__file__).parent / "keys"  # throw-away keys, trusted only by test trees (keys/README.md)
+TESTER = "tester@peftrepro.test"
+
+
+def throwaway_key(name: str = "tester") -> Path:
+    """A 0600 copy of a committed test key: ssh-keygen refuses a private key others can read, and
+    git does not keep file modes."""
+    import os
+    import shutil
+    import tempfile
+
+    copy_path = Path(tempfile.gettempdir()) / f"peftrepro-test-key-{name}-{os.getuid()}"
+    if not copy_path.exists() or copy_path.read_bytes() != (KEYS / name).read_bytes():
+        shutil.copyfile(KEYS / name, copy_path)
+    copy_path.chmod(0o600)
+    return copy_path
+
+
+def trust(root: Path, principal: str = TESTER, key: str = "tester") -> Path:
+    """List a test key in the allowed_signers beside the submissions tree `root`."""
+    from peftrepro.signing import signers_file
+
+    path = signers_file(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    kind, blob = (KEYS / f"{key}.pub").read_text().split()[:2]
+    path.write_text(f"# verifiers of this test tree\n{principal} {kind} {blob}\n")
+    return path
+
+
+def sign_file(path: Path, key: str = "tester") -> Path:
+    from peftrepro.signing import sign
+
+    return sign(path, throwaway_key(key))

@@ -111,8 +111,67 @@ def test_a_claim_is_verified(repo: git.Repo) -> None:
     assert cli("leaderboard")[0] == 0
     code, out, _ = cli("ci", "--changed-since", "HEAD")
     assert code == 0, out
-    assert summary_rows(out)["arithmetic/dora/claimed"][3] == "✓ seed 0: reproduced"
+    head = repo.head.commit.hexsha
+    assert summary_rows(out)["arithmetic/dora/claimed"][3] == f"✓ seed 0 (drawn from {head[:12]}): reproduced"
     assert list(path.parent.glob("verifications/*.json"))
+
+
+def test_a_forged_verification_of_a_made_up_seed_fails(repo: git.Repo) -> None:
+    """A real seed 0, an invented seed 1 at 0.98, and a hand-written "reproduced" verification of it:
+    ci re-runs the added verification's seed (and the drawn one) and refuses it."""
+    from peftrepro.ci import draw_seed
+    from peftrepro.manifest import resolve
+    from tests.synthetic import record, run_id, save, verification
+
+    path = new_submission(Path("submissions"), "arithmetic", "dora", "forged")
+    fill_in(path)
+    assert cli("run", str(path.parent), "--seed", "0")[0] == 0
+    invented = save(path.parent, "runs", record(resolve(path), 1, run_id(9, 1), test_accuracy=0.98))
+    save(path.parent, "verifications", verification(invented, json.loads(invented.read_text()), run_id(9, 2)))
+    assert cli("leaderboard")[0] == 0
+    code, out, _ = cli("ci", "--changed-since", "HEAD")
+    assert code == 1
+    row = summary_rows(out)["arithmetic/dora/forged"]
+    assert row[4].startswith("✗") and "does not match a re-run here" in row[4]
+    drawn = draw_seed([0, 1], "submissions/arithmetic/dora/forged", repo.head.commit.hexsha)
+    assert row[3].startswith("✓" if drawn == 0 else "✗") and f"seed {drawn} (drawn from" in row[3]
+
+
+def test_added_verifications_of_a_track_ci_cannot_run_need_a_listed_signature(
+    repo: git.Repo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peftrepro.signing import signature_path
+    from peftrepro.tasks import get_task
+    from tests.synthetic import TESTER, sign_file, throwaway_key, trust, verification
+
+    trust(Path("submissions"))  # the base lists tests/keys/tester
+    repo.git.add(all=True)
+    repo.index.commit("trust the tester")
+    monkeypatch.setattr(get_task("arithmetic"), "accelerator", "cuda")
+    base = Path("submissions/arithmetic/lora/base")
+    [claim] = base.glob("runs/*.json")
+    from tests.synthetic import run_id, save
+
+    forged = save(base, "verifications", verification(claim, json.loads(claim.read_text()), run_id(5, 0)))
+
+    def added_cell() -> str:
+        out = cli("ci", "--changed-since", "HEAD", "--no-verify")[1]
+        return summary_rows(out)["arithmetic/lora/base"][4]
+
+    assert added_cell().startswith("✗") and "needs cuda: nothing here can re-run it" in added_cell()
+    sign_file(forged, "stranger")
+    assert added_cell().startswith("✗")
+    signature_path(forged).unlink()
+    sign_file(forged)
+    assert added_cell() == f"✓ {forged.name}: signed by {TESTER}"
+    # A change that lists its own key is flagged, and its key does not count in this very check.
+    signature_path(forged).unlink()
+    sign_file(forged, "stranger")
+    trust(Path("submissions"), "me@example.com", "stranger")
+    out = cli("ci", "--changed-since", "HEAD", "--no-verify")[1]
+    assert "| verifiers/allowed\\_signers | ✗ changes who may vouch" in out
+    assert summary_rows(out)["arithmetic/lora/base"][4].startswith("✗")
+    assert throwaway_key().exists()
 
 
 def test_bad_ref_is_one_line_exit_2(repo: git.Repo) -> None:

@@ -81,7 +81,7 @@ def test_list_shows_tasks_methods_and_submission_status() -> None:
     subs = CliRunner().invoke(main, ["list", "submissions", "--submissions", str(GOLDEN / "submissions")])
     assert subs.exit_code == 0, subs.output
     lines = {line.split()[0]: line for line in subs.output.splitlines()[2:]}
-    assert "verified (1/3)" in lines["arithmetic/lora/r8"]
+    assert "verified (1/3, by tester@peftrepro.test)" in lines["arithmetic/lora/r8"]
     assert "stale" in lines["arithmetic/lokr/v2"] and "record format v2" in lines["arithmetic/lokr/v2"]
     assert "superseded" in lines["arithmetic/lokr/old"]
     assert "awaiting run" in lines["arithmetic/miss/pending"]

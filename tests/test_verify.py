@@ -13,6 +13,7 @@ from peftrepro.cli import main
 from peftrepro.collect import load_submission
 from peftrepro.jsonio import pretty_bytes, read_json
 from peftrepro.records import list_records
+from tests.synthetic import TESTER, throwaway_key, trust
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -37,11 +38,13 @@ def verifications(folder: Path) -> list[Path]:
     return sorted((folder / "verifications").glob("*.json"))
 
 
-def test_honest_record_is_reproduced_bit_for_bit(write_manifest) -> None:
+def test_honest_record_is_reproduced_bit_for_bit(write_manifest, tmp_path: Path) -> None:
     manifest = write_manifest()
     [record] = run_seeds(manifest)
-    code, out = cli("verify", str(manifest.parent))
+    trust(tmp_path / "submissions")
+    code, out = cli("verify", str(manifest.parent), "--sign-with", str(throwaway_key()))
     assert code == 0, out
+    assert "signed: " in out
     assert "verdict: REPRODUCED" in out and "1 reproduced, 0 not_reproduced, 0 not_comparable" in out
     [vfile] = verifications(manifest.parent)
     v = read_json(vfile)
@@ -54,7 +57,19 @@ def test_honest_record_is_reproduced_bit_for_bit(write_manifest) -> None:
     assert outcomes["test_accuracy"] == outcomes["adapter_sha256"] == outcomes["resolved_config"] == "match"
     assert outcomes["train_seconds"] == "informational"
     assert outcomes["peak_memory_bytes"] == "match"  # same machine class, within 10%
-    assert load_submission(manifest.parent).verifications  # the leaderboard will count it
+    [stored] = load_submission(manifest.parent).verifications.values()
+    assert stored.signer == TESTER  # the leaderboard will count it
+
+
+def test_an_unsigned_verification_is_written_and_says_it_does_not_count(write_manifest) -> None:
+    manifest = write_manifest()
+    run_seeds(manifest)
+    code, out = cli("verify", str(manifest.parent), "--sign-with", "/no/such/key")
+    assert code == 2 and "no such key file" in out and not verifications(manifest.parent)
+    code, out = cli("verify", str(manifest.parent))
+    assert code == 0 and "unsigned: it counts on the leaderboard once a verifier" in out
+    [stored] = load_submission(manifest.parent).verifications.values()
+    assert stored.signer is None and stored.signature.why == "unsigned"
 
 
 @pytest.mark.parametrize(
