@@ -8,6 +8,7 @@ and transformers take to import (the library itself has no import circles: tests
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from peftrepro.cli_options import (
     with_options,
 )
 from peftrepro.console import Echo
-from peftrepro.errors import PeftreproError
+from peftrepro.errors import EXIT_CANCELLED, PeftreproError
 
 ECHO = Echo(out=click.echo, err=lambda line: click.echo(line, err=True))
 
@@ -44,11 +45,23 @@ ECHO = Echo(out=click.echo, err=lambda line: click.echo(line, err=True))
 
 class PeftreproGroup(click.Group):
     def invoke(self, ctx: click.Context) -> object:
+        # SIGTERM as Ctrl-C: an interrupt outside a run (loading, checking, writing pages) ends in
+        # one line and exit 130, never a traceback or click's "Aborted!" (exit 1). During a run the
+        # executors and runners install their own handlers (a `cancelled` record), then restore this.
+        signal.signal(signal.SIGTERM, _interrupt)
         try:
             return super().invoke(ctx)
         except PeftreproError as e:
             click.echo(f"error: {e.message}", err=True)
             sys.exit(e.exit_code)
+        except KeyboardInterrupt as e:
+            why = str(e) or "SIGINT"
+            click.echo(f"interrupted by {why}: stopped; what was written before stays", err=True)
+            sys.exit(EXIT_CANCELLED)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 @click.group(cls=PeftreproGroup)

@@ -119,8 +119,16 @@ def train_adapter(
         peft_cfg, state["checks"] = None, {}
     else:
         peft_cfg = manifest.peft_config_object()
+        file = str(manifest.path)
+        # Refused before anything is allocated: no match, too slow to attach, or too many parameters.
+        peftconfig.check_attach(model, peft_cfg, file, cfg.autocast_adapter_dtype)
         # On a copy, with the RNG state restored: the run below is the same with or without them.
-        found = checks.run_checks(model, peft_cfg, prepared.probe)
+        found = peftconfig.within(
+            peftconfig.CHECKS_LIMIT_S,
+            "the structural checks",
+            file,
+            lambda: checks.run_checks(model, peft_cfg, prepared.probe),
+        )
         state["checks"] = checks.as_record(found)
         if not all(r.ok for r in found):
             raise checks.failed(str(manifest.path), manifest.method, found)
@@ -133,6 +141,8 @@ def train_adapter(
         peft_model = peftconfig.attach_checked(
             model, peft_cfg, str(manifest.path), autocast_adapter_dtype=cfg.autocast_adapter_dtype
         )
+        trainable, _ = peftconfig.count_params(peft_model)
+        peftconfig.check_trainable(trainable, sum(p.numel() for p in prepared.model.parameters()), file)
         if cfg.init_kv_cache_prefix is not None:  # prefix tuning started from the base model's cache
             from peft import initialize_kv_prefix_from_text
 

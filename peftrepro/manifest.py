@@ -236,6 +236,8 @@ def check_policy(
                 ("peft_config", key), f"nested deeper than {MAX_VALUE_DEPTH} levels; no PEFT field needs that"
             )
     for ptr, value in _walk(peft_config, ("peft_config",)):
+        if ptr == ("peft_config", "base_model_name_or_path"):
+            continue  # a hub id ("org/name"), checked above: equal to the task's or refused
         if isinstance(value, str) and _looks_like_path(value, regex=len(ptr) > 1 and ptr[1] in REGEX_FIELDS):
             fail(ptr, f"file paths are not accepted in a manifest, got {schemas.show(value)}")
     for key in sorted(REGEX_FIELDS & set(peft_config)):

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 
@@ -13,3 +16,38 @@ def cache_root() -> Path:
 
 def adapter_dir(task: str, method: str, name: str, run_id: str) -> Path:
     return cache_root() / "adapters" / task / method / name / run_id
+
+
+WORK = "work"  # transient folders of running processes, inside the cache: <label>-<pid>-<random>
+_WORK_NAME = re.compile(r"[a-z]+-([0-9]{1,10})-[A-Za-z0-9_]+")
+
+
+def work_dir(label: str) -> Path:
+    """A fresh folder for this process's transient files (a job's hand-off, an adapter being saved),
+    named after the process: once that process is gone, sweep_orphans removes what it left."""
+    root = cache_root() / WORK
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{label}-{os.getpid()}-", dir=root))
+
+
+def sweep_orphans() -> list[Path]:
+    """Remove the work folders of processes that no longer exist (killed with SIGKILL, or their
+    machine rebooted): a killed run leaves nothing in the cache beyond the next start."""
+    removed = []
+    root = cache_root() / WORK
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        found = _WORK_NAME.fullmatch(folder.name)
+        if found and not folder.is_symlink() and not _alive(int(found.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import copy
+import signal
+import threading
 import warnings
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
 
 import torch
 from peft import PeftConfig, PeftModel, get_peft_model
 from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 
 from peftrepro.errors import ManifestError
+
+T = TypeVar("T")
+# Wall-clock limits on what a manifest makes peft do before training: matching its module patterns
+# and creating the adapter (on a weightless copy), then the structural checks. Far above what any
+# honest config needs (attach: < 5 s on the GPU tracks' models; checks: ~20 s on the CPU tracks).
+ATTACH_LIMIT_S = 120.0
+CHECKS_LIMIT_S = 900.0
+
+
+class TimeLimitExceeded(BaseException):
+    """Raised by time_limit's alarm. A BaseException, so that no `except Exception` swallows it."""
 
 
 def build(config: dict[str, Any], file: str) -> PeftConfig:
@@ -78,3 +94,90 @@ def count_params(model: torch.nn.Module) -> tuple[int, int]:
 def one_line(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return (text[:300] + "...") if len(text) > 300 else text
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TimeLimitExceeded in this thread once `seconds` have passed (SIGALRM). Only the main
+    thread can take signals: elsewhere (a Ray worker thread, say) the block runs unbounded."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeLimitExceeded
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def within(seconds: float, what: str, file: str, work: Callable[[], T]) -> T:
+    """`work()`, refused as the manifest's fault when it takes longer than `seconds`."""
+    try:
+        with time_limit(seconds):
+            return work()
+    except TimeLimitExceeded:
+        raise ManifestError(
+            file, "/peft_config", f"{what} took more than {seconds:.0f} s; a config this costly is refused"
+        ) from None
+
+
+def weightless_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """The same modules with every parameter and buffer on the meta device: no memory, no copying."""
+    memo: dict[int, Any] = {}
+    for p in model.parameters():
+        memo[id(p)] = torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+    for b in model.buffers():
+        memo[id(b)] = torch.empty_like(b, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def check_attach(
+    model: torch.nn.Module,
+    config: PeftConfig,
+    file: str,
+    autocast_adapter_dtype: bool | None = None,
+    limit_s: float | None = None,
+) -> int | None:
+    """Attach `config` to a weightless copy of `model` under a wall-clock limit, before anything is
+    allocated: refuse (ManifestError) a config that does not attach, takes longer than `limit_s`,
+    or trains more parameters than the whole base model has. The trainable count, or None when the
+    initialisation reads the weights (SVD-based, data-driven): check_trainable runs after the real
+    attach then. `model` and the RNG state are left as they were."""
+    limit_s = ATTACH_LIMIT_S if limit_s is None else limit_s
+    skeleton = weightless_copy(model)
+    _, base_total = count_params(skeleton)
+    rng = torch.random.get_rng_state()
+    try:
+        attached = within(
+            limit_s, "attaching the adapter", file, lambda: attach(skeleton, config, autocast_adapter_dtype)
+        )
+    except ManifestError:
+        raise
+    except Exception as e:  # peft's refusal (no matching module, unsupported layer), or a weight-reading init
+        if "meta" in str(e).lower():
+            return None
+        raise ManifestError(
+            file, "/peft_config", f"does not attach to the task's model: {one_line(e)}"
+        ) from None
+    finally:
+        torch.random.set_rng_state(rng)
+    trainable, _ = count_params(attached)
+    check_trainable(trainable, base_total, file)
+    return trainable
+
+
+def check_trainable(trainable: int, base_total: int, file: str) -> None:
+    """An adapter may not train more parameters than full fine-tuning of the task's model would."""
+    if trainable > base_total:
+        raise ManifestError(
+            file,
+            "/peft_config",
+            f"trains {trainable:,} parameters, more than the task's whole base model ({base_total:,}); "
+            "a parameter-efficient config stays below full fine-tuning",
+        )

@@ -56,6 +56,8 @@ def validate_one(
         if config is None:  # full fine-tuning: every parameter trains; its round trip runs after training
             _, total = peftconfig.count_params(source)
             return Validated(path, manifest, total, total)
+        auto = manifest.training.autocast_adapter_dtype
+        peftconfig.check_attach(source, config, str(path), auto)  # before any adapter memory exists
         fresh = source if base is None else copy.deepcopy(source)
         try:
             model = peftconfig.attach_checked(
@@ -78,7 +80,12 @@ def validate_one(
             return Validated(path, manifest, trainable, total)
         found = None
         if deep:
-            found = checks.run_checks(base.model, config, base.probe)
+            found = peftconfig.within(
+                peftconfig.CHECKS_LIMIT_S,
+                "the structural checks",
+                str(path),
+                lambda: checks.run_checks(base.model, config, base.probe),
+            )
             if not all(r.ok for r in found):
                 raise checks.failed(str(path), manifest.method, found)
         gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -298,3 +299,118 @@ def test_a_job_process_dies_with_a_parent_killed_before_it_finished_importing(
     while any(_alive(j) for j in jobs) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(j) for j in jobs), "the job process outlived its parent"
+
+
+def test_a_config_that_does_not_attach_is_refused_in_one_line_before_a_record(
+    write_manifest, tiny_model_dir: Path
+) -> None:
+    path = write_manifest({"peft_config": {**PC, "target_modules": ["nope"]}})
+    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
+    proc = subprocess.run(
+        [sys.executable, "tests/tiny.py", "run", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parent.parent,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        f"{path}: /peft_config: does not attach to the task's model: Target modules {{'nope'}} not found"
+        in (proc.stdout + proc.stderr)
+    )
+    assert not list(path.parent.glob("runs/*.json"))  # bad input: no record
+
+
+def test_an_adapter_larger_than_the_model_is_refused_before_it_is_allocated(write_manifest) -> None:
+    """r = 4096 on every linear layer: ~8x the tiny model's parameters. Counted on a weightless
+    copy (meta device), so the refusal costs no memory; validate and run both refuse it."""
+    path = write_manifest({"peft_config": {**PC, "r": 4096, "target_modules": "all-linear"}})
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2
+    assert "more than the task's whole base model" in result.stderr
+    result = CliRunner().invoke(main, ["run", str(path)])
+    assert result.exit_code == 2 and "more than the task's whole base model" in result.output
+    assert not list(path.parent.glob("runs/*.json"))
+
+
+def test_attach_and_checks_run_under_a_wall_clock_limit(
+    write_manifest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A config that keeps peft busy (a slow module match, say) is stopped and refused in one line."""
+    from peftrepro import peftconfig
+    from peftrepro.errors import ManifestError
+
+    with pytest.raises(peftconfig.TimeLimitExceeded), peftconfig.time_limit(0.2):
+        time.sleep(5)
+    with pytest.raises(ManifestError, match="attaching the adapter took more than 0 s"):
+        peftconfig.within(0.2, "attaching the adapter", "m.json", lambda: time.sleep(5))
+    monkeypatch.setattr(peftconfig, "ATTACH_LIMIT_S", 0.3)
+    real_attach = peftconfig.attach
+
+    def slow_attach(*args, **kwargs):
+        time.sleep(5)
+        return real_attach(*args, **kwargs)
+
+    monkeypatch.setattr(peftconfig, "attach", slow_attach)
+    path = write_manifest()
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["validate", str(path)])
+    assert result.exit_code == 2 and "attaching the adapter took more than 0 s" in result.stderr
+    assert time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_before_any_job_is_one_line_and_exit_130(sig: int) -> None:
+    code = (
+        "import sys, time\n"
+        "import peftrepro.validate as v\n"
+        "def slow(*a, **k):\n"
+        "    print('ready', flush=True)\n"
+        "    time.sleep(60)\n"
+        "v.validate_command = slow\n"
+        "from peftrepro.cli import main\n"
+        "sys.argv[0] = 'peftrepro'\n"
+        "main()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "validate", "anything"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert err.strip().splitlines() == [
+        f"interrupted by {signal.Signals(sig).name}: stopped; what was written before stays"
+    ]
+
+
+def test_a_killed_runs_leftovers_are_swept_from_the_cache(tmp_path: Path) -> None:
+    from peftrepro.paths import cache_root, sweep_orphans, work_dir
+
+    mine = work_dir("adapter")  # this process is alive: kept
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = cache_root() / "work" / f"adapter-{dead.pid}-abc123"
+    (orphan / "nested").mkdir(parents=True)
+    (orphan / "nested" / "adapter_model.safetensors").write_bytes(b"half")
+    assert sweep_orphans() == [orphan]
+    assert mine.is_dir() and not orphan.exists()
+
+
+def test_the_tasks_own_model_id_is_accepted_and_any_other_refused_for_that_reason(write_manifest) -> None:
+    from peftrepro.tasks import get_task
+
+    own = get_task("arithmetic").base_model_id
+    path = write_manifest({"peft_config": {**PC, "base_model_name_or_path": own}})
+    assert CliRunner().invoke(main, ["validate", "--no-attach", str(path)]).exit_code == 0
+    for other in ("meta-llama/Llama-3.2-3B", "../../etc/passwd", "/abs/path"):
+        path = write_manifest({"peft_config": {**PC, "base_model_name_or_path": other}})
+        result = CliRunner().invoke(main, ["validate", "--no-attach", str(path)])
+        assert result.exit_code == 2
+        assert f"the task's base model is {own!r}; remove this field" in result.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_interrupted_run_leaves_a_cancelled_record(write_manifest, tiny_model_di
     assert record["metrics"]["steps_completed"] > 0
     assert "Traceback" not in err
     assert "cancelled" in out
+    cache = Path(os.environ["PEFTREPRO_CACHE"])  # nothing half-written is left behind
+    assert not list(cache.glob("adapters/**/*.safetensors")) and not list(cache.glob("work/*"))
 
 
 METHOD_CONFIGS = {

@@ -19,7 +19,6 @@ import pickle
 import shutil
 import signal
 import socket
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import wait
@@ -30,6 +29,7 @@ from typing import Any
 from peftrepro import child
 from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
 from peftrepro.executors.work import RESULT_FILE
+from peftrepro.paths import work_dir
 from peftrepro.records import RunError
 from peftrepro.runners.local import allocator_environment
 
@@ -62,7 +62,7 @@ class LocalExecutor:
             while pending or running:
                 while pending and not signals and len(running) < self.jobs:
                     job = pending.pop()
-                    workdir = Path(tempfile.mkdtemp(prefix="peftrepro-job-"))
+                    workdir = work_dir("job")  # removed below; a killed driver's by sweep_orphans
                     args = (pickle.dumps(job), str(workdir), os.getpid())
                     process = ctx.Process(target=child.start, args=args, name="peftrepro-job")
                     with allocator_environment():

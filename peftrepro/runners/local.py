@@ -8,6 +8,7 @@ SIGINT/SIGTERM during the run raise RunCancelled in the main thread; the run unw
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import traceback
@@ -17,11 +18,11 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from peftrepro.errors import CheckFailed, PeftreproError, RunCancelled
+from peftrepro.errors import CheckFailed, ManifestError, PeftreproError, RunCancelled
 from peftrepro.job import execute, preflight
 from peftrepro.manifest import ResolvedManifest
 from peftrepro.measure import ALLOCATOR_ENV
-from peftrepro.paths import adapter_dir
+from peftrepro.paths import adapter_dir, sweep_orphans, work_dir
 from peftrepro.records import RunError, RunOutput, RunRecord, build_record, new_run_id, submission_of, utc_now
 from peftrepro.tasks import get_task
 
@@ -60,16 +61,22 @@ def run_local(manifest: ResolvedManifest, *, seed: int, progress: bool | None = 
     run_id = new_run_id(seed, started)
     state: dict[str, Any] = {"environment": {}, "steps_completed": 0}
     cancellation = Cancellation()
-    saved = adapter_dir(manifest.task, manifest.method, manifest.name, run_id)
+    sweep_orphans()
+    # Saved into a work folder of this process, moved into place only on success: a failed,
+    # cancelled or killed run leaves no half-written adapter (sweep_orphans takes a killed one's).
+    staging = work_dir("adapter")
     samples, fault = None, False
     with trapped_signals(cancellation):
         try:
             metrics, samples = execute(
-                manifest, seed=seed, runner="local", progress=progress, state=state, adapter_dir=saved
+                manifest, seed=seed, runner="local", progress=progress, state=state, adapter_dir=staging
             )
             status, error = "success", None
         except RunCancelled as c:
             status, error = "cancelled", RunError("RunCancelled", f"stopped by {c.signal_name}")
+        except ManifestError:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise  # the config itself is refused (does not attach, too costly): bad input, no record
         except PeftreproError as e:
             fault = isinstance(e, CheckFailed)
             status, error = "failed", RunError(type(e).__name__, e.message)
@@ -77,6 +84,12 @@ def run_local(manifest: ResolvedManifest, *, seed: int, progress: bool | None = 
             traceback.print_exc(file=sys.stderr)
             status, error = "failed", RunError(type(e).__name__, " ".join(str(e).split())[:4000])
         cancellation.armed = False
+        if status == "success":
+            saved = adapter_dir(manifest.task, manifest.method, manifest.name, run_id)
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(saved)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
         if status != "success":
             metrics = {"steps_completed": state["steps_completed"]}
         record = unwritten_record(
