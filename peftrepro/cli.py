@@ -28,7 +28,7 @@ from peftrepro.cli_options import (
     submissions_option,
     with_options,
 )
-from peftrepro.console import Echo
+from peftrepro.console import Echo, quiet_unless_terminal
 from peftrepro.errors import EXIT_CANCELLED, PeftreproError
 
 ECHO = Echo(out=click.echo, err=lambda line: click.echo(line, err=True))
@@ -49,6 +49,7 @@ class PeftreproGroup(click.Group):
         # one line and exit 130, never a traceback or click's "Aborted!" (exit 1). During a run the
         # executors and runners install their own handlers (a `cancelled` record), then restore this.
         signal.signal(signal.SIGTERM, _interrupt)
+        quiet_unless_terminal()
         try:
             return super().invoke(ctx)
         except PeftreproError as e:

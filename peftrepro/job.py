@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from peftrepro import checks, peftconfig
+from peftrepro.console import stage
 from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.errors import RunFailed, UsageError
 from peftrepro.jsonio import canonical_sha256, pretty_bytes, read_json, replace_file
@@ -111,24 +112,27 @@ def train_adapter(
     state["environment"] = fingerprint(
         runner=runner, seed=seed, manifest_sha256=manifest.sha256, artifacts={}
     )
-    prepared = task.prepare(cfg)
+    with stage("load"):
+        prepared = task.prepare(cfg)
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
-    base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
+    with stage("base measurements"):
+        base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
     if manifest.peft_config is None:  # full fine-tuning: nothing to attach, so only the round trip applies
         peft_cfg, state["checks"] = None, {}
     else:
         peft_cfg = manifest.peft_config_object()
         file = str(manifest.path)
-        # Refused before anything is allocated: no match, too slow to attach, or too many parameters.
-        peftconfig.check_attach(model, peft_cfg, file, cfg.autocast_adapter_dtype)
-        # On a copy, with the RNG state restored: the run below is the same with or without them.
-        found = peftconfig.within(
-            peftconfig.CHECKS_LIMIT_S,
-            "the structural checks",
-            file,
-            lambda: checks.run_checks(model, peft_cfg, prepared.probe),
-        )
+        with stage("checks"):
+            # Refused before anything is allocated: no match, too slow to attach, too many parameters.
+            peftconfig.check_attach(model, peft_cfg, file, cfg.autocast_adapter_dtype)
+            # On a copy, with the RNG state restored: the run below is the same with or without them.
+            found = peftconfig.within(
+                peftconfig.CHECKS_LIMIT_S,
+                "the structural checks",
+                file,
+                lambda: checks.run_checks(model, peft_cfg, prepared.probe),
+            )
         state["checks"] = checks.as_record(found)
         if not all(r.ok for r in found):
             raise checks.failed(str(manifest.path), manifest.method, found)
@@ -153,19 +157,20 @@ def train_adapter(
                 use_chat_template=False,
             )
     release_freed_memory()
-    result = train(
-        peft_model,
-        prepared.batches(seed, cfg),
-        prepared.loss,
-        cfg,
-        validate=lambda m: prepared.evaluate(m, "valid", cfg.batch_size_eval),
-        valid_key=task.valid_key,
-        device=device,
-        is_adalora=peft_cfg is not None and peft_cfg.peft_type == "ADALORA",
-        progress=progress,
-        on_step=lambda step: state.__setitem__("steps_completed", step),
-        empty_cache_every=prepared.extra.get("empty_cache_every"),
-    )
+    with stage("train"):
+        result = train(
+            peft_model,
+            prepared.batches(seed, cfg),
+            prepared.loss,
+            cfg,
+            validate=lambda m: prepared.evaluate(m, "valid", cfg.batch_size_eval),
+            valid_key=task.valid_key,
+            device=device,
+            is_adalora=peft_cfg is not None and peft_cfg.peft_type == "ADALORA",
+            progress=progress,
+            on_step=lambda step: state.__setitem__("steps_completed", step),
+            empty_cache_every=prepared.extra.get("empty_cache_every"),
+        )
     # Counted after training: an optimizer may freeze part of the adapter (LoRA-FA freezes lora_A).
     trainable, total = peftconfig.count_params(peft_model)
     return Trained(task, prepared, peft_model, result, trainable, total, base, device)
@@ -185,21 +190,25 @@ def execute(
     t_start = time.perf_counter()
     t = train_adapter(manifest, seed=seed, runner=runner, state=state, progress=progress)
     cfg, score_key, result = manifest.training, t.task.score_key, t.result
-    test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
-    prior = t.prepared.prior_change(t.base["prior"], t.prepared.prior(t.model, cfg.batch_size_eval))
-    adapter_bytes, adapter_sha = save_adapter(t.model, adapter_dir)
+    with stage("evaluate"):
+        test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
+    with stage("forgetting"):
+        prior = t.prepared.prior_change(t.base["prior"], t.prepared.prior(t.model, cfg.batch_size_eval))
+    with stage("save"):
+        adapter_bytes, adapter_sha = save_adapter(t.model, adapter_dir)
     samples, grid = {}, None
     if t.prepared.save_samples is not None:  # image tasks: a grid the record names by hash
         t.prepared.save_samples(t.model, adapter_dir / SAMPLES_FILE)
         grid = (adapter_dir / SAMPLES_FILE).read_bytes()
         samples["samples_sha256"] = hashlib.sha256(grid).hexdigest()
     # The recorded round trip is the trained adapter's: the very bytes adapter_sha256 names.
-    trip = checks.guarded(
-        "round_trip",
-        lambda: checks.check_round_trip(
-            t.model, t.prepared.probe, lambda: t.prepared.load_base().to(t.device), saved=adapter_dir
-        ),
-    )
+    with stage("round trip"):
+        trip = checks.guarded(
+            "round_trip",
+            lambda: checks.check_round_trip(
+                t.model, t.prepared.probe, lambda: t.prepared.load_base().to(t.device), saved=adapter_dir
+            ),
+        )
     state["checks"]["round_trip"] = trip.as_record()
     if not trip.ok:
         raise RunFailed(f"{manifest.path}: the trained adapter failed its round trip: {trip.detail}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from peftrepro import checks, peftconfig
 from peftrepro.console import Echo
-from peftrepro.errors import EXIT_BAD_INPUT, ManifestError, PeftreproError, UsageError
+from peftrepro.errors import EXIT_BAD_INPUT, PeftreproError, UsageError
 from peftrepro.manifest import ResolvedManifest, find_manifests, resolve
 from peftrepro.tasks import Prepared, get_task
 from peftrepro.training import make_optimizer
@@ -57,22 +57,20 @@ def validate_one(
             _, total = peftconfig.count_params(source)
             return Validated(path, manifest, total, total)
         auto = manifest.training.autocast_adapter_dtype
-        peftconfig.check_attach(source, config, str(path), auto)  # before any adapter memory exists
-        fresh = source if base is None else copy.deepcopy(source)
-        try:
-            model = peftconfig.attach_checked(
-                fresh, config, str(path), manifest.training.autocast_adapter_dtype
-            )
-        except ManifestError as e:
-            if base is not None or "meta" not in e.message:
-                raise
-            # an SVD or data-driven initialisation needs the real weights
-            return Validated(
-                path,
-                manifest,
-                note="attachment not checked: its initialisation reads the base "
-                "weights (`validate --deep` loads them)",
-            )
+        # Attached to a weightless copy (meta device): refused before any adapter memory exists, and
+        # counted there. Only an initialisation that reads the weights needs the real attach.
+        model = peftconfig.check_attach(source, config, str(path), auto)
+        if model is None:
+            if base is None:
+                return Validated(
+                    path,
+                    manifest,
+                    note="attachment not checked: its initialisation reads the base "
+                    "weights (`validate --deep` loads them)",
+                )
+            model = peftconfig.attach_checked(copy.deepcopy(source), config, str(path), auto)
+            base_total = peftconfig.count_params(source)[1]
+            peftconfig.check_trainable(peftconfig.count_params(model)[0], base_total, str(path))
         make_optimizer(model, manifest.training)  # what it trains: LoRA-FA's freezes lora_A
         trainable, total = peftconfig.count_params(model)
         del model

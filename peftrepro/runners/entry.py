@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from peftrepro.console import quiet_unless_terminal
 from peftrepro.errors import EXIT_BAD_INPUT, PeftreproError, RecordError
 from peftrepro.jsonio import JSONReadError, pretty_bytes, read_json, write_new_file
 from peftrepro.manifest import resolve
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    quiet_unless_terminal()
     try:
         output = run_local(resolve(args.manifest), seed=args.seed)
     except PeftreproError as e:
