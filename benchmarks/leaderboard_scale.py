@@ -3,7 +3,9 @@
 Builds synthetic trees of 1k, 10k and 100k schema-valid records (one submission per 10 records:
 3 seeds x 3 runs of the current manifest + 1 record of an earlier manifest, i.e. a history of
 re-runs) and times `render` (read, check, aggregate, write Markdown and SVG) in this process.
-Goal: linear growth, and < 5 s at 10k records on a 2-core machine.
+Each tree is rendered twice in this run: with the compiled schemas (what `peftrepro leaderboard`
+does) and with the interpreter alone (the validator before it), and the ratio is printed.
+Goal: linear growth, and < 2 s at 10k records on a 2-core machine.
 
     .venv/bin/python benchmarks/leaderboard_scale.py [--sizes 1000,10000,100000] [--keep DIR]
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.synthetic
 
+from peftrepro import schemas
 from peftrepro.jsonio import pretty_bytes
 from peftrepro.manifest import manifest_sha256
 from peftrepro.pages import render
@@ -81,10 +84,20 @@ def main() -> None:
             files, problems = render(base / "submissions", base / "leaderboard")
             t_render = time.perf_counter() - t0
             assert not problems, problems[:3]
+            compiled = schemas.compiled
+            schemas.compiled = lambda name: None  # type: ignore[assignment]  # the interpreter alone
+            try:
+                t0 = time.perf_counter()
+                same, _ = render(base / "submissions", base / "leaderboard")
+                t_interpreted = time.perf_counter() - t0
+            finally:
+                schemas.compiled = compiled
+            assert same == files
             rows.append((written, t_render))
             print(
                 f"{written:>7} records: render {t_render:6.2f} s "
-                f"({t_render / written * 1e6:5.0f} us/record); "
+                f"({t_render / written * 1e6:5.0f} us/record); interpreted schemas {t_interpreted:6.2f} s "
+                f"(compiled/interpreted {t_render / t_interpreted:.2f}); "
                 f"built in {t_build:.1f} s; {sum(map(len, files.values())) / 1e6:.1f} MB of pages",
                 flush=True,
             )

@@ -45,9 +45,13 @@ def preflight(manifest: ResolvedManifest) -> None:
     task.preflight(manifest.training)
 
 
-def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[str, Any]:
+def base_measurements(
+    task: Task, prepared: Prepared, batch_size: int, *, reuse: bool = True
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Test score and prior snapshot (general-text CE, drift features) of the base model, cached
-    by everything that determines them.
+    by everything that determines them; and what the record says about them: the cache key and
+    whether this run reused them (`reuse=False`, as `verify` asks: measured again, and the record's
+    base figures are then compared with the claim's like any other metric).
 
     They are a property of (task version, model bytes, data bytes, torch build, thread count) and
     cost ~30 s per run on the CPU track; a cold cache (any fresh machine) re-measures them.
@@ -64,11 +68,11 @@ def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[s
         }
     )
     path = cache_root() / "base-measurements" / f"{key}.json"
-    if path.exists():
+    if reuse and path.exists():
         try:
             cached = read_json(path)
             if isinstance(cached, dict) and set(cached) == {"test_score", "prior"}:
-                return cached
+                return cached, {"key": key, "reused": True}
         except (OSError, ValueError):
             pass  # unreadable cache: measure again and overwrite
     values = {
@@ -76,7 +80,7 @@ def base_measurements(task: Task, prepared: Prepared, batch_size: int) -> dict[s
         "prior": prepared.prior(prepared.model, batch_size),
     }
     replace_file(path, pretty_bytes(values))
-    return values
+    return values, {"key": key, "reused": False}
 
 
 @dataclass
@@ -101,6 +105,7 @@ def train_adapter(
     state: dict[str, Any],
     progress: bool | None = None,
     measure_base: bool = True,
+    fresh_base: bool = False,
 ) -> Trained:
     """The part of a run every use shares: fingerprint, load, base measurements, structural checks,
     seed, attach, train (validating every eval_steps). `state` is filled as it goes (environment,
@@ -117,7 +122,11 @@ def train_adapter(
     state["environment"] = with_artifacts(state["environment"], prepared.artifacts)
     model = prepared.model.to(device)
     with stage("base measurements"):
-        base = base_measurements(task, prepared, cfg.batch_size_eval) if measure_base else {}
+        base: dict[str, Any] = {}
+        if measure_base:
+            base, state["base_measurements"] = base_measurements(
+                task, prepared, cfg.batch_size_eval, reuse=not fresh_base
+            )
     if manifest.peft_config is None:  # full fine-tuning: nothing to attach, so only the round trip applies
         peft_cfg, state["checks"] = None, {}
     else:
@@ -184,11 +193,14 @@ def execute(
     adapter_dir: Path,
     state: dict[str, Any],
     progress: bool | None = None,
+    fresh_base: bool = False,
 ) -> tuple[dict[str, Any], bytes | None]:
     """Run it; return the success metrics and, for image tasks, the sample grid's bytes (see
     train_adapter for `state`)."""
     t_start = time.perf_counter()
-    t = train_adapter(manifest, seed=seed, runner=runner, state=state, progress=progress)
+    t = train_adapter(
+        manifest, seed=seed, runner=runner, state=state, progress=progress, fresh_base=fresh_base
+    )
     cfg, score_key, result = manifest.training, t.task.score_key, t.result
     with stage("evaluate"):
         test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)

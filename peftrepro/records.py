@@ -94,6 +94,9 @@ class RunRecord:
     environment: dict[str, Any]
     error: RunError | None
     checks: dict[str, Any] | None = None  # None only in records made before the checks existed
+    # {"key": sha256, "reused": bool}: where the base model's figures came from (job.base_measurements);
+    # None in records made before it was recorded, and in runs that do not measure the base (sweeps)
+    base_measurements: dict[str, Any] | None = None
     toolkit: dict[str, str] = field(default_factory=_toolkit)
     schema_version: int = RECORD_SCHEMA_VERSION
 
@@ -114,6 +117,8 @@ class RunRecord:
         }
         if self.checks is not None:
             out["checks"] = self.checks
+        if self.base_measurements is not None:
+            out["base_measurements"] = self.base_measurements
         return out
 
     @classmethod
@@ -132,6 +137,7 @@ class RunRecord:
             environment=obj["environment"],
             error=None if error is None else RunError(error["type"], error["message"]),
             checks=obj.get("checks"),
+            base_measurements=obj.get("base_measurements"),
             toolkit=obj["toolkit"],
             schema_version=obj["schema_version"],
         )
@@ -200,6 +206,7 @@ def build_record(
     environment: dict[str, Any],
     error: RunError | None,
     checks: dict[str, Any] | None = None,
+    base_measurements: dict[str, Any] | None = None,
 ) -> RunRecord:
     return RunRecord(
         run_id=run_id,
@@ -213,6 +220,7 @@ def build_record(
         environment=environment,
         error=error,
         checks=checks or {},
+        base_measurements=base_measurements,
     )
 
 

@@ -1,13 +1,22 @@
-"""Load the JSON Schemas (the on-disk contract) and turn their errors into one actionable line."""
+"""Load the JSON Schemas (the on-disk contract) and turn their errors into one actionable line.
+
+Each schema is used twice: compiled to Python code (fastjsonschema) to say quickly whether a
+document is valid, and interpreted (jsonschema) only to word the error of one that is not. The
+leaderboard checks every record it shows, so the fast yes is what scales (`benchmarks/leaderboard_scale.py`).
+The compiled check may be stricter than the interpreter, never looser: a document it refuses is
+judged again by the interpreter, which has the last word (tests/test_schemas_compiled.py).
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import fastjsonschema
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError, best_match
 
@@ -28,10 +37,26 @@ def schema_dir() -> Path:
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
+def _schema(name: str) -> dict[str, Any]:
     schema = json.loads((schema_dir() / name).read_text())
     Draft202012Validator.check_schema(schema)
-    return Draft202012Validator(_inline_refs(schema, schema.get("$defs", {})))
+    inlined: dict[str, Any] = _inline_refs(schema, schema.get("$defs", {}))
+    return inlined
+
+
+@cache
+def validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(_schema(name))
+
+
+@cache
+def compiled(name: str) -> Callable[[Any], Any] | None:
+    """The schema as generated Python. Our schemas use only keywords draft-07 has (checked here:
+    the compiler refuses what it does not know), so they compile as draft-07; no `$id`, so that
+    every `$ref` resolves inside the document."""
+    schema = {k: v for k, v in _schema(name).items() if k not in ("$schema", "$id")}
+    schema["$schema"] = "http://json-schema.org/draft-07/schema#"
+    return fastjsonschema.compile(schema, use_formats=False)
 
 
 def _inline_refs(node: Any, defs: dict[str, Any], path: tuple[str, ...] = ()) -> Any:
@@ -115,6 +140,15 @@ def _expected(error: ValidationError) -> tuple[list[Any], str]:
 
 def check(obj: Any, schema_name: str, file: str, error_type: type[InputError] = InputError) -> None:
     """Raise `error_type` naming the file, the field and the fix, for the most relevant schema error."""
+    fast = compiled(schema_name)
+    if fast is not None:
+        try:
+            fast(obj)
+            return
+        except fastjsonschema.JsonSchemaValueException:
+            pass  # invalid, or only stricter than the standard: the interpreter decides and words it
+        except (RecursionError, TypeError, ValueError):
+            pass
     error = best_match(validator(schema_name).iter_errors(obj))
     if error is None:
         return

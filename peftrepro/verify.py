@@ -8,6 +8,7 @@ record is judged against the claim (compare.py) and both go into `verifications/
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -151,7 +152,8 @@ def claim_job(sub: Submission, seed: int, runner: str | None, options: dict[str,
     if kind == "docker" and not opts.get("image") and container:
         digest = container.get("repo_digest")
         opts["image"] = digest if digest and digest != "unpinned" else container.get("image")
-    return Job.for_manifest(sub.manifest, seed=seed, runner=kind, runner_options=opts)
+    job = Job.for_manifest(sub.manifest, seed=seed, runner=kind, runner_options=opts)
+    return dataclasses.replace(job, fresh_base=True)  # a reused base figure is still a checked one
 
 
 def judge_rerun(

@@ -229,3 +229,20 @@ def test_interrupted_verify_writes_nothing(write_manifest, tiny_model_dir: Path)
     assert "re-run cancelled" in out and "Traceback" not in err
     assert not (path.parent / "verifications").exists()
     assert len(list((path.parent / "runs").glob("*.json"))) == 1  # the re-run's record went nowhere
+
+
+def test_a_reused_base_measurement_is_measured_again_by_verify(write_manifest) -> None:
+    """Runs reuse the base model's figures from the cache (and say so, with the key); a verify
+    re-run measures them again, so the claim's base figures are checked, not copied."""
+    manifest = write_manifest()
+    first, second = sorted(run_seeds(manifest, "0,1"), key=lambda p: read_json(p)["seed"])
+    assert read_json(first)["base_measurements"]["reused"] is False  # a cold cache: measured
+    reused = read_json(second)["base_measurements"]
+    assert reused["reused"] is True and reused["key"] == read_json(first)["base_measurements"]["key"]
+    code, out = cli("verify", str(manifest.parent), "--seed", "1")
+    assert code == 0, out
+    [vfile] = verifications(manifest.parent)
+    rerun = read_json(vfile)["rerun"]
+    assert rerun["base_measurements"] == {"key": reused["key"], "reused": False}
+    outcomes = {c["metric"]: c["outcome"] for c in read_json(vfile)["comparisons"]}
+    assert outcomes["base_test_accuracy"] == "match"

@@ -53,6 +53,7 @@ class Job:
     runner: str = "local"
     runner_options: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] | None = None  # {"lrs", "extend", "previous"} for a sweep job
+    fresh_base: bool = False  # measure the base model again, not from the cache (verify's re-runs)
 
     @classmethod
     def for_manifest(

@@ -34,7 +34,7 @@ def perform(job: Job, workdir: Path) -> JobResult:
             on_point=lambda p: print(point_line(job.rel, p), flush=True),
         )
         return JobResult(job, "success", sweep=record, where=where)
-    output = get_runner(job.runner, **job.runner_options)(manifest, seed=job.seed)
+    output = get_runner(job.runner, **job.runner_options)(manifest, seed=job.seed, fresh_base=job.fresh_base)
     return JobResult(job, output.status, run=output, where=where)
 
 

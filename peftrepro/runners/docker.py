@@ -142,6 +142,7 @@ def run_docker(
     seed: int,
     progress: bool | None = None,
     options: DockerOptions | None = None,
+    fresh_base: bool = False,
 ) -> RunOutput:
     opts = options or DockerOptions.from_env()
     client = connect()
@@ -185,6 +186,7 @@ def run_docker(
                 str(cache): {"bind": "/cache", "mode": "rw"},
             }
             command = [f"{inside}/{MANIFEST_FILE}", "--seed", str(seed), "--out", "/out"]
+            command += ["--fresh-base"] if fresh_base else []
             status, error = _run_container(
                 client, image, command, volumes, network=False, common=common, entrypoint=ENTRY
             )

@@ -58,10 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("manifest", type=Path)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--fresh-base", action="store_true", help="measure the base model again")
     args = parser.parse_args(argv)
     quiet_unless_terminal()
     try:
-        output = run_local(resolve(args.manifest), seed=args.seed)
+        output = run_local(resolve(args.manifest), seed=args.seed, fresh_base=args.fresh_base)
     except PeftreproError as e:
         print(f"error: {e.message}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -53,8 +53,11 @@ def trapped_signals(cancellation: Cancellation) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run_local(manifest: ResolvedManifest, *, seed: int, progress: bool | None = None) -> RunOutput:
+def run_local(
+    manifest: ResolvedManifest, *, seed: int, progress: bool | None = None, fresh_base: bool = False
+) -> RunOutput:
     """Run `manifest` with `seed` here; the record (success, failed or cancelled) and its samples.
+    `fresh_base`: measure the base model again instead of reusing the cache (verify's re-runs).
     Raises PeftreproError only for what is refused before a record exists (preflight)."""
     preflight(manifest)
     started = utc_now()
@@ -69,7 +72,13 @@ def run_local(manifest: ResolvedManifest, *, seed: int, progress: bool | None = 
     with trapped_signals(cancellation):
         try:
             metrics, samples = execute(
-                manifest, seed=seed, runner="local", progress=progress, state=state, adapter_dir=staging
+                manifest,
+                seed=seed,
+                runner="local",
+                progress=progress,
+                state=state,
+                adapter_dir=staging,
+                fresh_base=fresh_base,
             )
             status, error = "success", None
         except RunCancelled as c:
@@ -102,6 +111,7 @@ def run_local(manifest: ResolvedManifest, *, seed: int, progress: bool | None = 
             environment=state["environment"],
             error=error,
             checks=state.get("checks"),
+            base_measurements=state.get("base_measurements"),
         )
         return RunOutput(record, samples if status == "success" else None, fault)
 
@@ -117,6 +127,7 @@ def unwritten_record(
     error: RunError | None,
     run_id: str | None = None,
     checks: dict[str, Any] | None = None,
+    base_measurements: dict[str, Any] | None = None,
 ) -> RunRecord:
     """The run's record, finished now (also what the docker runner makes when its container
     handed out none)."""
@@ -132,6 +143,7 @@ def unwritten_record(
         environment=environment,
         error=error,
         checks=checks,
+        base_measurements=base_measurements,
     )
 
 
