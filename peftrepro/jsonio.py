@@ -143,16 +143,21 @@ _STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _BRACKET = re.compile(r"[\[\]{}]")
 
 
-def _bracket_depth(text: str) -> int:
-    """Nesting depth of JSON text, ignoring brackets inside strings (exact for any text that parses)."""
-    depth = deepest = 0
-    for ch in _BRACKET.findall(_STRING.sub("", text)):
-        if ch in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
+_EMPTY_PAIR = re.compile(r"\[\]|\{\}")
+
+
+def _bracket_depth(text: str, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of JSON text, ignoring brackets inside strings, counted up to `limit + 1`
+    (exact for any text that parses). Each pass removes the innermost empty pairs of the brackets
+    alone (`[{}][]` -> `[]` -> ``): as many passes as levels, each one regex scan in C."""
+    brackets = "".join(_BRACKET.findall(_STRING.sub("", text)))
+    depth = 0
+    while brackets and depth <= limit:
+        shorter = _EMPTY_PAIR.sub("", brackets)
+        if shorter == brackets:  # unbalanced (the parser refuses it): its open brackets bound the depth
+            return depth + brackets.count("[") + brackets.count("{")
+        brackets, depth = shorter, depth + 1
+    return depth
 
 
 def _default_file_mode() -> int:
