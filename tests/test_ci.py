@@ -133,7 +133,7 @@ def test_a_forged_verification_of_a_made_up_seed_fails(repo: git.Repo) -> None:
     assert code == 1
     row = summary_rows(out)["arithmetic/dora/forged"]
     assert row[4].startswith("✗") and "does not match a re-run here" in row[4]
-    drawn = draw_seed([0, 1], "submissions/arithmetic/dora/forged", repo.head.commit.hexsha)
+    drawn = draw_seed([0, 1], "arithmetic/dora/forged", repo.head.commit.hexsha)  # labelled task/method/name
     assert row[3].startswith("✓" if drawn == 0 else "✗") and f"seed {drawn} (drawn from" in row[3]
 
 

@@ -380,6 +380,9 @@ def test_an_interrupt_before_any_job_is_one_line_and_exit_130(sig: int) -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).parent.parent,
+        # A suite started in the background (`cmd &`) inherits SIGINT ignored, and Python then keeps
+        # ignoring it: give the command the default disposition a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     proc.send_signal(sig)
@@ -396,11 +399,15 @@ def test_a_killed_runs_leftovers_are_swept_from_the_cache(tmp_path: Path) -> Non
     mine = work_dir("adapter")  # this process is alive: kept
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan = cache_root() / "work" / f"adapter-{dead.pid}-abc123"
+    where = mine.name.split("-")[1]  # this pid namespace
+    orphan = cache_root() / "work" / f"adapter-{where}-{dead.pid}-abc123"
     (orphan / "nested").mkdir(parents=True)
     (orphan / "nested" / "adapter_model.safetensors").write_bytes(b"half")
+    # A folder made in another pid namespace (a container sharing the cache): its pids mean nothing here.
+    elsewhere = cache_root() / "work" / f"job-{'0' * 8 if where != '0' * 8 else '1' * 8}-{dead.pid}-abc123"
+    elsewhere.mkdir()
     assert sweep_orphans() == [orphan]
-    assert mine.is_dir() and not orphan.exists()
+    assert mine.is_dir() and not orphan.exists() and elsewhere.is_dir()
 
 
 def test_the_tasks_own_model_id_is_accepted_and_any_other_refused_for_that_reason(write_manifest) -> None:
