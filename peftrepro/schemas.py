@@ -56,7 +56,30 @@ def compiled(name: str) -> Callable[[Any], Any] | None:
     every `$ref` resolves inside the document."""
     schema = {k: v for k, v in _schema(name).items() if k not in ("$schema", "$id")}
     schema["$schema"] = "http://json-schema.org/draft-07/schema#"
-    return fastjsonschema.compile(schema, use_formats=False)
+    return fastjsonschema.compile(_typed_constants(schema), use_formats=False)
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    return {float: "number", str: "string", type(None): "null"}[type(value)]
+
+
+def _typed_constants(node: Any) -> Any:
+    """Each `const` and `enum` also given the JSON types of its values. The generated code compares
+    with Python's ==, where True == 1: without the type, `"schema_version": true` passed for
+    `"const": 1` (found by tests/test_schemas_compiled.py). Our constants are scalars."""
+    if isinstance(node, list):
+        return [_typed_constants(x) for x in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _typed_constants(v) for k, v in node.items()}
+    allowed = [out["const"]] if "const" in out else out.get("enum")
+    if isinstance(allowed, list) and "type" not in out:
+        out["type"] = sorted({_json_type(v) for v in allowed})
+    return out
 
 
 def _inline_refs(node: Any, defs: dict[str, Any], path: tuple[str, ...] = ()) -> Any:

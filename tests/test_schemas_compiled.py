@@ -83,3 +83,11 @@ def test_check_still_words_the_error_as_before() -> None:
     with pytest.raises(InputError) as e:
         schemas.check({"schema_version": 1, "task": "arithmetic"}, schemas.MANIFEST, "m.json")
     assert e.value.pointer and "required field is missing" in e.value.expected
+
+
+def test_a_boolean_never_passes_for_a_numeric_constant(valid) -> None:  # noqa: F811
+    """Python's True == 1: generated code comparing with == once took `"schema_version": true` for
+    `"const": 1` (hypothesis found it); the constants now carry their JSON type."""
+    for kind, name in KINDS.items():
+        doc = {**valid[kind], "schema_version": True}
+        assert not compiled_accepts(doc, name) and not interpreter_accepts(doc, name)
