@@ -188,17 +188,21 @@ def test_symlinked_manifest_is_refused(write_manifest, tmp_path: Path) -> None:
     assert "symbolic link" in result.stderr
 
 
-def test_hostile_manifest_in_a_real_process_prints_no_traceback(write_manifest, tiny_model_dir: Path) -> None:
-    path = write_manifest({"peft_config": {**PC, "trust_remote_code": True}})
-    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
-    proc = subprocess.run(
-        [sys.executable, "tests/tiny.py", "run", str(path)],
+def run_tiny_cli(args: list[str], tiny_model_dir: Path, timeout: int = 120) -> subprocess.CompletedProcess:
+    """`peftrepro ARGS` on the tiny stand-in, in a process of its own."""
+    return subprocess.run(
+        [sys.executable, "tests/tiny.py", *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)},
         cwd=Path(__file__).parent.parent,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_hostile_manifest_in_a_real_process_prints_no_traceback(write_manifest, tiny_model_dir: Path) -> None:
+    path = write_manifest({"peft_config": {**PC, "trust_remote_code": True}})
+    proc = run_tiny_cli(["run", str(path)], tiny_model_dir)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         f"error: {path}: /peft_config/trust_remote_code: remote code is never run; remove this field"
@@ -305,15 +309,7 @@ def test_a_config_that_does_not_attach_is_refused_in_one_line_before_a_record(
     write_manifest, tiny_model_dir: Path
 ) -> None:
     path = write_manifest({"peft_config": {**PC, "target_modules": ["nope"]}})
-    env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
-    proc = subprocess.run(
-        [sys.executable, "tests/tiny.py", "run", str(path)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=Path(__file__).parent.parent,
-        timeout=300,
-    )
+    proc = run_tiny_cli(["run", str(path)], tiny_model_dir, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert (
