@@ -1,11 +1,13 @@
-"""What a job pays before its first instruction of real work: a fresh process and its imports.
+"""What a job pays before its first instruction of real work, and the memory it starts with.
 
-Every job (each seed of `run --seeds`, each sweep point, each verify re-run) starts in a process of
-its own (executors/local.py, `spawn`), which imports torch, transformers, peft and the task's code
-again. Measured in this run, N times each:
-  spawn       a fresh interpreter that imports the job stack (what a job pays today);
-  forkserver  a process forked from a template that imported the stack once (what a warm template
-              would cost a job; the template's own start is paid once per command).
+Every job (each seed of `run --seeds`, each sweep point, each verify re-run) runs in a process of
+its own. Measured in this run, N times each:
+  spawn     a fresh interpreter that imports the job stack (what a job paid before the template);
+  template  a process forked from the warm template (executors/template.py: what a job pays now;
+            the template's own start is paid once per command).
+For each: seconds from asking for the process to the stack being importable in it, and the
+process's RSS at that moment. The template must not hand a job more resident memory than a fresh
+process has after its imports (a run's CPU memory figures are its process's RSS).
 
     .venv/bin/python benchmarks/job_start.py [--n 5]
 """
@@ -13,30 +15,34 @@ again. Measured in this run, N times each:
 from __future__ import annotations
 
 import argparse
+import importlib
 import multiprocessing
+import os
 import statistics
 import time
+from multiprocessing.context import BaseContext
+from typing import Any
 
-STACK = ["torch", "transformers", "peft", "peftrepro.executors.work", "peftrepro.tasks.arithmetic"]
+from peftrepro.executors.template import PRELOAD, job_environment, warm_context
+from peftrepro.measure import rss_bytes
 
 
-def ready(conn: object) -> None:
-    import importlib
-
-    for name in STACK:
+def ready(conn: Any, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    for name in PRELOAD:
         importlib.import_module(name)
-    conn.send(time.perf_counter())  # type: ignore[attr-defined]
+    conn.send((time.perf_counter(), rss_bytes()))
 
 
-def start_once(ctx: multiprocessing.context.BaseContext) -> float:
+def start_once(ctx: BaseContext) -> tuple[float, int]:
     parent, child = ctx.Pipe()
     t0 = time.perf_counter()
-    p = ctx.Process(target=ready, args=(child,))
+    p = ctx.Process(target=ready, args=(child, job_environment()))  # type: ignore[attr-defined]
     p.start()
-    parent.recv()
+    _, rss = parent.recv()
     elapsed = time.perf_counter() - t0
     p.join()
-    return elapsed
+    return elapsed, rss
 
 
 def main() -> None:
@@ -45,21 +51,24 @@ def main() -> None:
     )
     parser.add_argument("--n", type=int, default=5)
     args = parser.parse_args()
-    spawn = multiprocessing.get_context("spawn")
-    fork = multiprocessing.get_context("forkserver")
-    fork.set_forkserver_preload(STACK)
     t0 = time.perf_counter()
-    start_once(fork)  # starts the template (imports the stack once)
+    warm, _ = warm_context()
+    start_once(warm)
     template = time.perf_counter() - t0
+    spawn = multiprocessing.get_context("spawn")
     results = {
         "spawn": [start_once(spawn) for _ in range(args.n)],
-        "forkserver": [start_once(fork) for _ in range(args.n)],
+        "template": [start_once(warm) for _ in range(args.n)],
     }
     for name, values in results.items():
-        print(f"{name:>10}: median {statistics.median(values):.2f} s per job start (n={args.n})")
+        seconds = statistics.median(v[0] for v in values)
+        rss = statistics.median(v[1] for v in values) / 2**20
+        print(f"{name:>9}: median {seconds:.2f} s per job start, RSS at start {rss:.0f} MiB (n={args.n})")
     print(f"template start (once per command): {template:.2f} s")
-    ratio = statistics.median(results["forkserver"]) / statistics.median(results["spawn"])
-    print(f"forkserver/spawn: {ratio:.3f}")
+    t, f = results["template"], results["spawn"]
+    s = statistics.median(v[0] for v in t) / statistics.median(v[0] for v in f)
+    m = statistics.median(v[1] for v in t) / statistics.median(v[1] for v in f)
+    print(f"template/spawn: start time {s:.3f}, RSS at start {m:.3f}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ LAYERS: tuple[str, ...] = (
     "tasks",  # their registry
     "manifest records compare validate",  # a manifest resolved against its task; records; their comparison
     "job sweep runners.local runners.entry runners.docker runners",  # one run or sweep, and where it happens
-    "executors executors.work child executors.local executors.ray_fleet executors.batch",  # batches of jobs
+    # batches of jobs
+    "executors executors.work child executors.template executors.local executors.ray_fleet executors.batch",
     "collect verify leaderboard plot sections pages scaffold importer ci",  # records read; pages
     "cli_options",
     "cli",

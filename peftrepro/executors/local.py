@@ -1,4 +1,5 @@
-"""The local executor: up to N jobs at a time, each in a fresh child process of this one.
+"""The local executor: up to N jobs at a time, each in a process of its own, forked from a warm
+template that has the job stack imported (executors/template.py).
 
 A child runs its job and leaves the result in a private work folder (a pickle, written last: a
 transport, not a record); the driver reads it when the child exits and its caller writes the
@@ -7,13 +8,12 @@ had arrived, else `failed` with its exit code.
 
 SIGINT and SIGTERM reaching the driver are forwarded to every running child (which ends its run
 with a `cancelled` record: runners/local.py) and no further job starts. Children die with the
-process that started them (Linux's parent-death signal, armed by child.py before anything heavy
-is imported): a killed driver or Ray worker leaves no orphan run.
+driver that asked for them (Linux's parent-death signal, armed by child.py against the template,
+which exits with the driver): a killed driver or Ray worker leaves no orphan run.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import shutil
@@ -28,10 +28,10 @@ from typing import Any
 
 from peftrepro import child
 from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
+from peftrepro.executors.template import job_environment, warm_context
 from peftrepro.executors.work import RESULT_FILE
 from peftrepro.paths import work_dir
 from peftrepro.records import RunError
-from peftrepro.runners.local import allocator_environment
 
 
 @dataclass
@@ -46,7 +46,7 @@ class LocalExecutor:
         self.jobs = max(1, jobs)
 
     def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
-        ctx = multiprocessing.get_context("spawn")
+        ctx, template = warm_context()
         pending = list(reversed(jobs))
         running: dict[Any, _Running] = {}  # by sentinel
         signals: list[str] = []
@@ -63,10 +63,9 @@ class LocalExecutor:
                 while pending and not signals and len(running) < self.jobs:
                     job = pending.pop()
                     workdir = work_dir("job")  # removed below; a killed driver's by sweep_orphans
-                    args = (pickle.dumps(job), str(workdir), os.getpid())
-                    process = ctx.Process(target=child.start, args=args, name="peftrepro-job")
-                    with allocator_environment():
-                        process.start()
+                    args = (pickle.dumps(job), str(workdir), os.getpid(), template, job_environment())
+                    process = ctx.Process(target=child.start, args=args, name="peftrepro-job")  # type: ignore[attr-defined]
+                    process.start()
                     running[process.sentinel] = _Running(job, process, workdir)
                     on_start(job, socket.gethostname())
                 if not running:
