@@ -50,12 +50,16 @@ def alive(pid: int) -> bool:
     return True
 
 
-def start(job: bytes, workdir: str, driver: int, template: int, env: dict[str, str]) -> None:
-    """The job process's target: arm, then unpickle the job and run it (executors/work.py)."""
-    die_with_parent(template)
-    release_template()
-    if not alive(driver):
-        os._exit(1)
+def start(job: bytes, workdir: str, driver: int, template: int | None, env: dict[str, str]) -> None:
+    """The job process's target: arm, then unpickle the job and run it (executors/work.py).
+    `template` is None for a job in a fresh interpreter (spawned by the driver itself)."""
+    if template is None:
+        die_with_parent(driver)
+    else:
+        die_with_parent(template)
+        release_template()
+        if not alive(driver):
+            os._exit(1)
     os.environ.clear()
     os.environ.update(env)
     from peftrepro.executors.work import run_child

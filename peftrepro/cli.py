@@ -101,7 +101,14 @@ def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
     default=None,
     help="Seed for adapter init and data order (default: the manifest's training.seed).",
 )
-@click.option("--seeds", callback=parse_seeds, help="Several seeds, e.g. 0,1,2: one run and one record each.")
+@click.option(
+    "--seeds",
+    callback=parse_seeds,
+    is_flag=False,
+    flag_value="corpus",  # executors.CORPUS (not imported here: the CLI module stays light)
+    help="Several seeds, e.g. 0,1,2: one run and one record each. Alone: the task's corpus seeds "
+    "(0-4 on CPU tracks, 0-2 on GPU tracks), what a leaderboard row needs.",
+)
 @click.option(
     "--runs-dir",
     type=click.Path(path_type=Path),
@@ -111,7 +118,11 @@ def validate(paths: tuple[Path, ...], no_attach: bool, deep: bool) -> None:
 @with_options(RUNNER_OPTIONS)
 @with_options(EXECUTOR_OPTIONS)
 def run(
-    paths: tuple[Path, ...], seed: int | None, seeds: list[int] | None, runs_dir: Path | None, **options: Any
+    paths: tuple[Path, ...],
+    seed: int | None,
+    seeds: list[int] | str | None,
+    runs_dir: Path | None,
+    **options: Any,
 ) -> None:
     """Run submissions and write one run record per seed (local by default, or in a container).
 
@@ -138,7 +149,13 @@ def run(
 @main.command()
 @paths_argument
 @click.option("--lrs", required=True, callback=parse_lrs, help="The grid, e.g. 1e-3,3e-3,1e-2.")
-@click.option("--seed", type=click.IntRange(0, 2**31 - 1), default=0, show_default=True)
+@click.option(
+    "--seeds",
+    callback=parse_seeds,
+    default="0,1",
+    show_default=True,
+    help="Every rate is trained on each of these seeds (at least two).",
+)
 @click.option(
     "--extend",
     type=click.IntRange(0, 8),
@@ -149,21 +166,32 @@ def run(
 @click.option("--apply", is_flag=True, help="Also set the manifest's learning rate to the chosen one.")
 @with_options(EXECUTOR_OPTIONS)
 def sweep(
-    paths: tuple[Path, ...], lrs: list[float], seed: int, extend: int, apply: bool, **options: Any
+    paths: tuple[Path, ...],
+    lrs: list[float],
+    seeds: list[int] | str,
+    extend: int,
+    apply: bool,
+    **options: Any,
 ) -> None:
     """Learning-rate sweep of submissions on the validation split (never the test split).
 
-    For each submission: trains once per rate with its settings and one seed, writes
+    For each submission: trains once per rate and seed with its settings, writes
     <submission>/sweep.json and prints the table; --apply writes the chosen rate into the manifest.
-    Rates already measured in its sweep.json for the same config and seed are reused, not
+    The chosen rate maximises the mean validation score minus one standard error, among rates where
+    no seed diverged. Points already measured in its sweep.json for the same config are reused, not
     re-trained. Each submission's sweep is one job (here, --jobs at a time, or on Ray); Ctrl-C
     writes nothing for a sweep that had not finished.
     """
+    from peftrepro.errors import UsageError
     from peftrepro.executors.batch import sweep_submissions
 
+    if not isinstance(seeds, list) or len(seeds) < 2:
+        raise UsageError("a sweep trains every rate on at least two seeds: give --seeds 0,1 or more")
     executor = executor_choice(options)
     sys.exit(
-        sweep_submissions(paths, lrs=lrs, seed=seed, extend=extend, apply=apply, executor=executor, echo=ECHO)
+        sweep_submissions(
+            paths, lrs=lrs, seeds=seeds, extend=extend, apply=apply, executor=executor, echo=ECHO
+        )
     )
 
 

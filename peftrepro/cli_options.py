@@ -97,9 +97,11 @@ def runner_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k in ("image", "gpus", "memory", "cpus") if (v := options.pop(k)) is not None}
 
 
-def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    if value is None:
-        return None
+def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | str | None:
+    from peftrepro.executors import CORPUS
+
+    if value is None or value == CORPUS:
+        return value
     try:
         seeds = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:

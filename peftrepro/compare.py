@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from peftrepro.environment import job_start
 from peftrepro.metrics import METRICS, Metric, VerificationPolicy
 from peftrepro.records import RunRecord
 from peftrepro.schemas import show
@@ -47,10 +48,13 @@ class Judgement:
 
 
 def accelerator_class(environment: dict[str, Any]) -> str:
-    """What memory figures are comparable across: the CPU, or one GPU model."""
+    """What memory figures are comparable across: the CPU (with how the process started: RSS
+    depends on it, environment.job_start), or one GPU model."""
     acc = environment.get("accelerator")
     acc = acc if isinstance(acc, dict) else {}
-    return "cpu" if acc.get("kind") == "cpu" else f"{acc.get('kind')}:{acc.get('name')}"
+    if acc.get("kind") == "cpu":
+        return f"cpu ({job_start(environment)} process)"
+    return f"{acc.get('kind')}:{acc.get('name')}"
 
 
 def _number(x: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from peftrepro import checks, peftconfig
+from peftrepro import checks, peftconfig, stats
 from peftrepro.console import stage
 from peftrepro.environment import fingerprint, with_artifacts
 from peftrepro.errors import RunFailed, UsageError
@@ -203,7 +203,12 @@ def execute(
     )
     cfg, score_key, result = manifest.training, t.task.score_key, t.result
     with stage("evaluate"):
-        test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
+        outcomes: dict[str, Any] = {}
+        if t.prepared.outcomes is not None:
+            test_score, items = t.prepared.outcomes(t.model, "test", cfg.batch_size_eval)
+            outcomes["test_outcomes"] = stats.encode(items)
+        else:
+            test_score = t.prepared.evaluate(t.model, "test", cfg.batch_size_eval)
     with stage("forgetting"):
         prior = t.prepared.prior_change(t.base["prior"], t.prepared.prior(t.model, cfg.batch_size_eval))
     with stage("save"):
@@ -228,6 +233,7 @@ def execute(
     metrics = {
         score_key: test_score,
         "base_" + score_key: t.base["test_score"],
+        **outcomes,
         "valid_curve": result.valid_curve,
         **prior,
         "train_loss_final": result.train_loss_final,

@@ -12,9 +12,13 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from peftrepro import stats
 from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
 from peftrepro.metrics import CHECK_MARKS, CHECKS
+from peftrepro.stats import Interval, Paired
 from peftrepro.tasks import get_task
 
 COMMAND = "peftrepro leaderboard"
@@ -62,6 +66,12 @@ class Row:
     note: str = ""
     front: bool = False
     checks: str = "–"
+    # From the records' per-item outcomes (stats.py), where every record of the row has them:
+    outcomes: dict[int, np.ndarray] = field(default_factory=dict)  # seed -> outcomes
+    interval: Interval | None = None  # 95%, seeds and test items
+    tier: int | None = None  # 1: not significantly worse than the best row
+    versus: Paired | None = None  # against the task's reference row, same seeds and items
+    front_unsure: str | None = None  # on the front by its mean, not significantly above this cheaper row
 
     def value(self, key: str) -> float:
         s = self.stats.get(key)
@@ -107,6 +117,12 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
     if row.status == "stale":
         return row
+    # parse_record checked each field against its score; a row mixing records with and without
+    # outcomes gets no interval (its seeds would not be counted alike).
+    fields = {r.record.seed: metrics_of(r).get("test_outcomes") for r in row.records}
+    if fields and all(isinstance(f, dict) for f in fields.values()):
+        row.outcomes = {seed: stats.decode(f) for seed, f in fields.items() if isinstance(f, dict)}
+        row.interval = stats.row_interval(row.outcomes)
     base, score = row.stats["base_" + score_key], row.stats[score_key]
     if NOT_REPRODUCED in verdicts.values():
         row.status = "not_reproduced"
@@ -122,6 +138,28 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     elif row.verified_seeds:
         row.status = "verified"
     return row
+
+
+def judge_by_items(reference: str | None, candidates: list[Row], cost_key: str) -> None:
+    """Tiers, the comparison with the reference row, and which front positions a paired test
+    supports: all from per-item outcomes (stats.py); rows without them are left unjudged."""
+    scored = {r.sub.name_in_task: r for r in candidates if r.outcomes}
+    for name, tier in stats.tiers({k: r.outcomes for k, r in scored.items()}).items():
+        scored[name].tier = tier
+    ref = scored.get(reference or "")
+    for r in scored.values():
+        if ref is not None and r is not ref:
+            r.versus = stats.paired(r.outcomes, ref.outcomes)
+    # Each judged front row against the best strictly cheaper judged front row: the one it had to
+    # beat to be there. Rows without outcomes are neither judged nor a reference.
+    front = [r for r in candidates if r.front and r.outcomes]
+    front.sort(key=lambda r: (r.value(cost_key), r.sub.key))
+    for i, r in enumerate(front):
+        cheaper = [c for c in front[:i] if c.value(cost_key) < r.value(cost_key)]
+        if cheaper:
+            test = stats.paired(r.outcomes, cheaper[-1].outcomes)
+            if test is None or test.p >= stats.ALPHA:
+                r.front_unsure = cheaper[-1].sub.name_in_task
 
 
 def metrics_of(stored: Stored) -> dict[str, Any]:
@@ -197,6 +235,7 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         strict=True,
     ):
         r.front = on
+    judge_by_items(t.reference_row, candidates, t.pareto_cost_key)
     order = {
         "verified": 0,
         "claimed": 0,

@@ -51,8 +51,10 @@ def task_page(task_name: str, rows: list[Row], subs: list[Submission], root: Pat
         f"![{score.label} against {cost.label}; the Pareto front is the line]({task_name}.svg)",
         "",
         f"★ marks the Pareto front on ({score.label} ↑, {cost.label} ↓) over verified and claimed "
-        "rows. Figures are mean ± sample standard deviation over the seeds of the current manifest "
-        "(the newest successful run of each seed).",
+        "rows (☆: there by its mean only, not significantly above the cheaper front row). Figures are "
+        "mean ± sample standard deviation over the seeds of the current manifest (the newest successful "
+        "run of each seed); the 95% interval and the tier come from the records' per-item outcomes, "
+        "and rows of one tier are a tie (see How rows are judged).",
         "",
     ]
     lines += main_table(t, main, root_rel)

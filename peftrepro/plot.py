@@ -67,7 +67,20 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         # (label, rows, edge colour, face colour, marker)
         groups = [
-            ("on the Pareto front", [p for p in pts if p[0].front], "#1f5fa8", "#1f5fa8", "o"),
+            (
+                "on the Pareto front",
+                [p for p in pts if p[0].front and not p[0].front_unsure],
+                "#1f5fa8",
+                "#1f5fa8",
+                "o",
+            ),
+            (
+                "on the front by its mean only (not significant)",
+                [p for p in pts if p[0].front and p[0].front_unsure],
+                "#1f5fa8",
+                "white",
+                "o",
+            ),
             (
                 "verified / claimed",
                 [p for p in pts if not p[0].front and p[0].status in ("verified", "claimed")],
@@ -93,16 +106,12 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
                 ax.scatter(
                     xs, ys, label=label, marker=marker, edgecolors=edge, facecolors=face, s=28, zorder=3
                 )
-        spread: list[tuple[float, float, float]] = []
-        for r, x, y in pts:
-            s = r.stats.get(t.score_key)
-            if s is not None and s.std is not None:
-                spread.append((x, y, s.std))
-        if spread:  # seed spread, one artist for all rows
+        bars = [(x, y, r.interval) for r, x, y in pts if r.interval is not None]
+        if bars:  # 95% intervals (seeds and test items), one artist for all rows
             ax.errorbar(
-                [p[0] for p in spread],
-                [p[1] for p in spread],
-                yerr=[p[2] for p in spread],
+                [x for x, _, _ in bars],
+                [y for _, y, _ in bars],
+                yerr=[[max(0.0, y - i.low) for _, y, i in bars], [max(0.0, i.high - y) for _, y, i in bars]],
                 fmt="none",
                 ecolor="#999999",
                 elinewidth=0.8,

@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from peftrepro import __version__, schemas
+from peftrepro import __version__, schemas, stats
 from peftrepro.errors import RecordError
 from peftrepro.jsonio import JSONReadError, pretty_bytes, read_json, write_new_file
 from peftrepro.manifest import ResolvedManifest
+from peftrepro.metrics import HEADLINE_SCORES
 
 RUNS_DIR = "runs"
 VERIFICATIONS_DIR = "verifications"
@@ -266,7 +267,14 @@ def write_record(runs_dir: Path, output: RunOutput) -> Path:
 def parse_record(obj: Any, file: str) -> RunRecord:
     """A record from its JSON form; RecordError (one line, file and field) if it fails its schema."""
     schemas.check(obj, schemas.RUN_RECORD, file, RecordError)
-    return RunRecord.from_json(obj)
+    record = RunRecord.from_json(obj)
+    outcomes = record.metrics.get("test_outcomes")
+    if outcomes is not None:
+        score = next((record.metrics[k] for k in HEADLINE_SCORES if k in record.metrics), None)
+        problem = stats.consistent(outcomes, score)
+        if problem is not None:
+            raise RecordError(file, "/metrics/test_outcomes", problem)
+    return record
 
 
 def read_record(path: Path) -> RunRecord:

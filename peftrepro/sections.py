@@ -26,7 +26,8 @@ from peftrepro.leaderboard import (
 )
 from peftrepro.methods import FAMILIES
 from peftrepro.metrics import CHECKS, METRICS_BY_KEY, prior_format
-from peftrepro.sweep import swept_config_sha256
+from peftrepro.stats import ALPHA, MIN_SEEDS, Paired
+from peftrepro.sweep import rate_summary, swept_config_sha256
 from peftrepro.tasks import Task, get_task
 
 
@@ -60,10 +61,30 @@ def status_cell(row: Row) -> str:
     return row.status.replace("_", " ")
 
 
+def front_cell(row: Row) -> str:
+    """★ on the Pareto front; ☆ on it by its mean only (not significantly above a cheaper row)."""
+    return ("☆" if row.front_unsure else "★") if row.front else ""
+
+
+def interval_cell(row: Row) -> str:
+    return "–" if row.interval is None else f"[{row.interval.low:.3f}, {row.interval.high:.3f}]"
+
+
+def finding(p: Paired) -> str:
+    if p.p >= ALPHA:
+        return "no significant difference"
+    return "better" if p.effect > 0 else "worse"
+
+
 def row_note(row: Row) -> str:
     """The row's note, plus what its verifications do not cover: seeds no verifier re-ran (their
-    figures are the contributor's word), and re-runs that no listed verifier signed."""
+    figures are the contributor's word), and re-runs that no listed verifier signed; and what its
+    interval and tier rest on."""
     parts = [row.note] if row.note else []
+    if len(row.outcomes) == 1:
+        parts.append("one seed: its interval counts test items only; no tier or paired test")
+    if row.front_unsure:
+        parts.append(f"on the front by its mean, but not significantly above the cheaper {row.front_unsure}")
     if row.verified_seeds:
         rest = [str(r.record.seed) for r in row.records if r.record.seed not in row.verified_seeds]
         if rest:
@@ -78,14 +99,17 @@ def row_note(row: Row) -> str:
 def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
     """The rows that count (not stale, not superseded), with their notes."""
     score, prior = METRICS_BY_KEY[t.score_key], METRICS_BY_KEY[t.prior_key]
-    headers = ["", "submission", "status", f"{score.label} ↑", "seeds", f"{prior.label} ↓", "peak mem. ↓"]
-    headers += ["train time ↓", "adapter size ↓", "trainable ↓", "checks", "records"]
+    headers = ["", "submission", "status", f"{score.label} ↑", "95% interval", "tier", "seeds"]
+    headers += [f"{prior.label} ↓", "peak mem. ↓", "train time ↓", "adapter size ↓", "trainable ↓"]
+    headers += ["checks", "records"]
     body = [
         [
-            "★" if r.front else "",
+            front_cell(r),
             submission_cell(r, root_rel),
             status_cell(r),
             fmt_stat(r.stats.get(t.score_key), ".3f"),
+            interval_cell(r),
+            "–" if r.tier is None else str(r.tier),
             str(len(r.records)) if r.status not in ("failed", "awaiting_run") else "–",
             fmt_stat(r.stats.get(t.prior_key), prior_format(t.prior_key)),
             fmt_bytes(r.stats.get("peak_memory_bytes")),
@@ -98,6 +122,13 @@ def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
         for r in rows
     ]
     lines = table(headers, body) if rows else ["No results yet."]
+    unjudged = [r for r in rows if r.status in ("verified", "claimed") and not r.outcomes]
+    if unjudged:
+        lines += [
+            "",
+            f"{len(unjudged)} of these rows have records made before per-item outcomes were recorded: "
+            "no interval, tier or paired test for them (re-run to get them).",
+        ]
     notes = [f"- {submission_cell(r, root_rel)}: {md(n)}" for r in rows if (n := row_note(r))]
     return lines + (["", "Notes:", "", *notes] if notes else [])
 
@@ -184,6 +215,15 @@ def judging_section(t: Task) -> list[str]:
     ):
         m = METRICS_BY_KEY[key]
         lines.append(f"- {m.label} (`{m.key}`, {m.unit}): {m.meaning}.")
+    lines += [
+        "- 95% interval: of the mean score, from the records' per-item outcomes (t, with a standard "
+        "error that adds the seeds' spread and the finite test set's).",
+        f"- tier: 1 for the best row and every row not significantly worse than it (paired t-test on "
+        f"the same seeds and test items, Holm-corrected), then 2 from the best row left, and so on: rows "
+        f"of one tier are a tie. Rows with fewer than {MIN_SEEDS} seeds get none.",
+        f"- ★: on the Pareto front of score against {METRICS_BY_KEY[t.pareto_cost_key].label}; ☆: on it "
+        "by its mean only, not significantly above the cheaper front row (paired test).",
+    ]
     lines.append(
         "- checks: the structural checks every record of the row passed (✗: failed; –: records made "
         "before the checks existed):"
@@ -274,7 +314,52 @@ def comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[s
         known.sort(key=lambda r: (-r.value(key) if higher else r.value(key), r.sub.key))
         best = ", ".join(f"{submission_cell(r, root_rel)} {fmt(r.stats.get(key))}" for r in known[:5])
         lines.append(f"- {label} {'↑' if higher else '↓'}: {best or '–'}")
-    return lines + public_reference_section(t, ranked, root_rel)
+    return lines + significance_section(t, ranked, root_rel) + public_reference_section(t, ranked, root_rel)
+
+
+def significance_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]:
+    """What the per-item outcomes support: the tiers, and each row against the reference row."""
+    tiered = [r for r in ranked if r.tier is not None]
+    tiered.sort(key=lambda r: (r.tier or 0, -r.value(t.score_key), r.sub.key))
+    if not tiered:
+        return []
+    score = METRICS_BY_KEY[t.score_key].label
+    lines = [
+        "",
+        f"By {score}, from the records' per-item outcomes (paired t-test over seeds and test items, "
+        f"95%; tiers Holm-corrected from the top down; rows with fewer than {MIN_SEEDS} seeds or without "
+        "outcomes are not judged):",
+        "",
+    ]
+    for tier in sorted({r.tier for r in tiered if r.tier is not None}):
+        members = [r for r in tiered if r.tier == tier]
+        cells = ", ".join(f"{submission_cell(r, root_rel)} {r.value(t.score_key):.3f}" for r in members)
+        what = "no significant difference among them" if len(members) > 1 else "alone"
+        lines.append(f"- tier {tier} ({what}): {cells}")
+    ref = next((r for r in ranked if r.sub.name_in_task == t.reference_row and r.outcomes), None)
+    versus = [r for r in tiered if r.versus is not None]
+    if ref is None or not versus:
+        return lines
+    lines += [
+        "",
+        f"Each row against {submission_cell(ref, root_rel)} on the seeds both have and the same test items:",
+        "",
+    ]
+    body = [
+        [
+            submission_cell(r, root_rel),
+            f"{r.versus.effect:+.3f}",
+            f"[{r.versus.interval.low:+.3f}, {r.versus.interval.high:+.3f}]",
+            f"{r.versus.p:.3f}",
+            str(r.versus.seeds),
+            finding(r.versus),
+        ]
+        for r in versus
+        if r.versus is not None
+    ]
+    headers = ["submission", "difference", "95% interval", "p", "seeds"]
+    headers.append(f"against {md(ref.sub.name_in_task)}")
+    return lines + table(headers, body)
 
 
 def public_reference_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]:
@@ -318,11 +403,17 @@ def public_reference_section(t: Task, ranked: list[Row], root_rel: str) -> list[
     return lines
 
 
-def _sweep_cell(points: list[dict], chosen: float | None) -> str:
+def _sweep_cell(points: list[dict], chosen: float | None, base_valid: float | None) -> str:
+    """Per rate: mean final validation score over seeds, minus one standard error where there are
+    several; ✗ where the rate cannot be chosen (a seed diverged)."""
     cells = []
-    for p in points:
-        text = f"{p['lr']:g}: " + (f"{p['valid_final']:.3f}" if p["status"] == "success" else "failed")
-        cells.append(f"**{text}**" if p["lr"] == chosen else text)
+    for r in rate_summary(points, base_valid):
+        if math.isnan(r["mean"]):
+            text = f"{r['lr']:g}: failed"
+        else:
+            text = f"{r['lr']:g}: {r['mean']:.3f}" + (f" − {r['se']:.3f}" if r["se"] is not None else "")
+            text += " ✗" if r["why"] else ""
+        cells.append(f"**{text}**" if r["lr"] == chosen else text)
     return " · ".join(cells)
 
 
@@ -331,6 +422,9 @@ def _sweep_binding(sub: Submission) -> str:
     data, m = sub.sweep.data if sub.sweep else {}, sub.manifest
     if m is None:
         return "–"
+    version = data["submission"]["task_version"]
+    if version != get_task(m.task).version:
+        return f"swept on task version {md(version)}: stale"
     if swept_config_sha256(m.resolved_config()) != data["swept_config_sha256"]:
         return "config changed since the sweep"
     lr = m.training.optimizer_kwargs.get("lr")
@@ -344,10 +438,13 @@ def sweep_section(subs: list[Submission], root_rel: str) -> list[str]:
         "",
         "## Learning-rate sweeps",
         "",
-        "Final validation score per learning rate (`peftrepro sweep`, one seed, the task's training "
-        "budget; the test split is never evaluated); the chosen rate in bold, ⚠ when it is still at "
-        "the edge of the rates tried. A best rate at an edge of the grid gets one more rate past it, "
-        "a rung of the 1-3-10 ladder at a time, up to the sweep's `extend` (4 by default).",
+        "Per learning rate: the mean final validation score over the sweep's seeds minus one standard "
+        "error (`peftrepro sweep`, the task's training budget; the test split is never evaluated). The "
+        "chosen rate, in bold, maximises it among the rates where no seed diverged (✗: a seed failed, "
+        "ended with a non-finite loss, or scored at or below the base model); ⚠ when it is still at "
+        "the edge of the rates tried. A chosen rate at an edge of the grid gets one more rate past it, "
+        "a rung of the 1-3-10 ladder at a time, up to the sweep's `extend` (4 by default). Sweeps made "
+        "before this rule have one seed and no standard error.",
         "",
     ]
     rows = []
@@ -355,19 +452,20 @@ def sweep_section(subs: list[Submission], root_rel: str) -> list[str]:
         assert s.sweep is not None
         d = s.sweep.data
         rel = s.sweep.path.relative_to(s.folder).as_posix()
-        sweep_link = f"[{d['seed']}]({link(root_rel, *s.key, rel)})"
+        seeds = ",".join(str(x) for x in d.get("seeds", [d["seed"]]))
+        sweep_link = f"[{seeds}]({link(root_rel, *s.key, rel)})"
         chosen = (
             "–" if d["chosen_lr"] is None else f"{d['chosen_lr']:g}" + (" ⚠" if d["at_grid_edge"] else "")
         )
         rows.append(
             [
                 f"{md(s.key[1])}/{md(s.key[2])}",
-                _sweep_cell(d["points"], d["chosen_lr"]),
+                _sweep_cell(d["points"], d["chosen_lr"], d.get("base_valid")),
                 chosen,
                 _sweep_binding(s),
                 sweep_link,
             ]
         )
     return lines + table(
-        ["submission", "learning rate: validation score", "chosen", "manifest", "seed"], rows
+        ["submission", "learning rate: validation score", "chosen", "manifest", "seeds"], rows
     )

@@ -21,6 +21,7 @@ from tabulate import tabulate
 from peftrepro.collect import Submission, load_submission
 from peftrepro.compare import VERDICTS, Judgement, judge
 from peftrepro.console import Echo
+from peftrepro.environment import job_start
 from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, UsageError
 from peftrepro.executors import Executor, Job, JobResult
 from peftrepro.executors.batch import ExecutorChoice
@@ -153,7 +154,8 @@ def claim_job(sub: Submission, seed: int, runner: str | None, options: dict[str,
         digest = container.get("repo_digest")
         opts["image"] = digest if digest and digest != "unpinned" else container.get("image")
     job = Job.for_manifest(sub.manifest, seed=seed, runner=kind, runner_options=opts)
-    return dataclasses.replace(job, fresh_base=True)  # a reused base figure is still a checked one
+    # A reused base figure is still a checked one; the process starts as the claim's did.
+    return dataclasses.replace(job, fresh_base=True, start=job_start(env))
 
 
 def judge_rerun(
@@ -390,7 +392,8 @@ def _chosen(paths: tuple[Path, ...], changed_since: str | None, root: Path, echo
         for s in subs:
             if not s.claims:
                 why = "no success record for its current manifest"
-                raise UsageError(f"{s.label}: {why}; run `peftrepro run {s.folder}` first")
+                unread = "".join(f"; {p.name} ignored: {reason}" for p, reason in s.ignored)
+                raise UsageError(f"{s.label}: {why}{unread}; run `peftrepro run {s.folder}` first")
         return subs
     if not root.is_dir():
         raise UsageError(f"{root}: no such folder")

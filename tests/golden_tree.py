@@ -12,6 +12,7 @@ from pathlib import Path
 from tests.synthetic import (
     PASSED_CHECKS,
     manifest_doc,
+    outcomes,
     record,
     run_id,
     save,
@@ -43,7 +44,14 @@ def build(root: Path) -> None:
         path = save(
             m.folder,
             "runs",
-            record(m, seed, run_id(3, seed, seed), test_accuracy=acc, peak_memory_bytes=int(1.73 * GiB)),
+            record(
+                m,
+                seed,
+                run_id(3, seed, seed),
+                test_accuracy=acc,
+                test_outcomes=outcomes(acc, f"r8-{seed}"),
+                peak_memory_bytes=int(1.73 * GiB),
+            ),
         )
         if seed == 0:  # signed by the tree's verifier: it counts
             sign_file(save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 1))))
@@ -67,6 +75,7 @@ def build(root: Path) -> None:
                     seed,
                     run_id(3, seed, 10 + seed),
                     test_accuracy=0.2,
+                    test_outcomes=outcomes(0.2, f"{name}-{seed}"),
                     peak_memory_bytes=int(1.5 * GiB),
                     adapter_bytes=230_496,
                     trainable_params=57_600,
@@ -84,7 +93,16 @@ def build(root: Path) -> None:
         manifest_doc("loha", "r8", {"peft_type": "LOHA", "r": 8, "target_modules": ["q_proj", "v_proj"]}),
     )
     path = save(
-        m.folder, "runs", record(m, 0, run_id(3, 0, 20), test_accuracy=0.30, peak_memory_bytes=int(1.9 * GiB))
+        m.folder,
+        "runs",
+        record(
+            m,
+            0,
+            run_id(3, 0, 20),
+            test_accuracy=0.30,
+            test_outcomes=outcomes(0.30, "loha"),
+            peak_memory_bytes=int(1.9 * GiB),
+        ),
     )
     edited = save(m.folder, "verifications", verification(path, read(path), run_id(4, 0, 21)))
     sign_file(edited)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from peftrepro import stats
 from peftrepro.compare import judge
 from peftrepro.jsonio import canonical_sha256, pretty_bytes
 from peftrepro.manifest import ResolvedManifest, resolve
@@ -40,6 +41,20 @@ METRICS: dict[str, Any] = {
     "tokens_per_second": 250.0,
     "steps_completed": 120,
 }
+
+
+def outcomes(accuracy: float, salt: str = "", n: int = 300) -> dict[str, Any]:
+    """A record's `test_outcomes` whose mean is `accuracy` (a multiple of 1/n): the easiest items of
+    a difficulty order all rows share (so rows are correlated, as real methods are), with `salt`
+    swapping a few neighbours at the boundary (seeds of one row differ in which items they get)."""
+    k = round(accuracy * n)
+    assert abs(k - accuracy * n) < 1e-9, f"{accuracy} is not a multiple of 1/{n}"
+    order = sorted(range(n), key=lambda i: canonical_sha256([i]))
+    if salt and 0 < k < n:
+        shift = int(canonical_sha256([salt])[:2], 16) % min(5, k, n - k)
+        order[k - 1 - shift], order[k + shift] = order[k + shift], order[k - 1 - shift]
+    easy = set(order[:k])
+    return stats.encode([i in easy for i in range(n)])
 
 
 PASSED_CHECKS: dict[str, dict[str, Any]] = {

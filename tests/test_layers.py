@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "peftrepro"
 # Lowest first. A module may import from its own layer (if that makes no circle) and from below.
 LAYERS: tuple[str, ...] = (
     # leaves: formats, rules and measurement, nothing about runs or tasks
-    "peftrepro errors console jsonio paths methods metrics schemas runconfig peftconfig measure environment"
-    " tasks.text tasks.hub signing",
+    "peftrepro errors console jsonio paths methods metrics stats schemas runconfig peftconfig measure"
+    " environment tasks.text tasks.hub signing",
     "training tasks.base checks",  # the loop, and what a task is
     "tasks.arithmetic tasks.digits tasks.metamathqa tasks.imagegen",  # the tasks
     "tasks",  # their registry

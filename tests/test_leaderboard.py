@@ -72,7 +72,7 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "miss/pending": "awaiting run",
     }
     checks = {
-        k.split("]")[0].lstrip("["): v.split("|")[11].strip() for k, v in table.items() if k.startswith("[")
+        k.split("]")[0].lstrip("["): v.split("|")[13].strip() for k, v in table.items() if k.startswith("[")
     }
     assert checks["lora/r8"] == "I= D M R"
     assert checks["hra/r8"] == "I≈ D M R"  # identity up to float rounding
@@ -87,13 +87,17 @@ def test_golden_rows_have_the_expected_statuses() -> None:
     assert "Rows here whose method they do not run: hra." in compare
     history = text.split("## History")[1].split("##")[0]
     assert "[lokr/old]" in history and "superseded by lokr/r4" in history
-    front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith("| ★")}
+    front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith(("| ★", "| ☆"))}
     assert front == {
         "lora/r8",
         "ia3/small",
         "ia3/twin",
         "hra/r8",
     }  # twins share the front; disputed/flagged never on it
+    # lora/r8 leads ia3 by 0.42 and 0.14 on their two common seeds: on the front by its mean, but a
+    # paired test cannot tell that from seed luck
+    assert table["[lora/r8](../submissions/arithmetic/lora/r8/manifest.json)"].startswith("| ☆")
+    assert "on the front by its mean, but not significantly above the cheaper ia3/twin" in text
     assert "<script>" not in text and "<img" not in text
     assert not re.search(r"(?<!\\)\]\(javascript", text)  # an escaped bracket opens no link
 

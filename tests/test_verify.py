@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from peftrepro import schemas
+from peftrepro import schemas, stats
 from peftrepro.cli import main
 from peftrepro.collect import load_submission
 from peftrepro.jsonio import pretty_bytes, read_json
@@ -72,10 +72,27 @@ def test_an_unsigned_verification_is_written_and_says_it_does_not_count(write_ma
     assert stored.signer is None and stored.signature.why == "unsigned"
 
 
+def one_more_correct(outcomes: dict) -> dict:
+    """A score and outcomes doctored together (one wrong item marked right): a record that reads
+    as consistent, and that only a re-run can refute."""
+    items = [bool(x) for x in stats.decode(outcomes)]
+    items[items.index(False)] = True
+    return {"test_accuracy": sum(items) / len(items), "test_outcomes": stats.encode(items)}
+
+
+def test_a_score_doctored_without_its_outcomes_is_refused_before_any_rerun(write_manifest) -> None:
+    manifest = write_manifest()
+    [record] = run_seeds(manifest)
+    edit_json(record, lambda doc: doc["metrics"].__setitem__("test_accuracy", 1.0))
+    code, out = cli("verify", str(manifest.parent))
+    assert code == 2 and "test_outcomes: their mean" in out and "not the record's score 1.0" in out, out
+    assert not verifications(manifest.parent)
+
+
 @pytest.mark.parametrize(
     ("field", "change"),
     [
-        ("test_accuracy", lambda m: m.__setitem__("test_accuracy", min(1.0, m["test_accuracy"] + 0.01))),
+        ("test_accuracy", lambda m: m.update(one_more_correct(m["test_outcomes"]))),
         ("trainable_params", lambda m: m.__setitem__("trainable_params", m["trainable_params"] // 2)),
         ("adapter_sha256", lambda m: m.__setitem__("adapter_sha256", "0" * 64)),
         ("forgetting", lambda m: m.__setitem__("forgetting", m["forgetting"] - 0.5)),
@@ -144,7 +161,7 @@ def test_record_copied_from_another_submission_is_ignored(write_manifest, tmp_pa
 def test_verdict_edited_by_hand_does_not_count(write_manifest) -> None:
     manifest = write_manifest()
     [record] = run_seeds(manifest)
-    edit_json(record, lambda doc: doc["metrics"].__setitem__("test_accuracy", 1.0))
+    edit_json(record, lambda doc: doc["metrics"].update(one_more_correct(doc["metrics"]["test_outcomes"])))
     assert cli("verify", str(manifest.parent))[0] == 1
     [vfile] = verifications(manifest.parent)
     edit_json(vfile, lambda doc: doc.__setitem__("verdict", "reproduced"))

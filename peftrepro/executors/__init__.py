@@ -35,6 +35,8 @@ from peftrepro.records import (
 )
 from peftrepro.tasks import get_task, task_factory
 
+CORPUS = "corpus"  # `run --seeds` with no value: each task's corpus seeds (Task.corpus_seeds)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -54,6 +56,9 @@ class Job:
     runner_options: dict[str, Any] = field(default_factory=dict)
     sweep: dict[str, Any] | None = None  # {"lrs", "extend", "previous"} for a sweep job
     fresh_base: bool = False  # measure the base model again, not from the cache (verify's re-runs)
+    # "template": forked from the warm template (executors/template.py); "fresh": a new interpreter,
+    # as a claim made that way is re-run (its CPU memory figures depend on it: environment.job_start).
+    start: str = "template"
 
     @classmethod
     def for_manifest(

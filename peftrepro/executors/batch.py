@@ -15,7 +15,7 @@ from typing import Any
 
 from peftrepro.console import Echo
 from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_RUN_FAILED, UsageError
-from peftrepro.executors import Executor, Job, JobResult
+from peftrepro.executors import CORPUS, Executor, Job, JobResult
 from peftrepro.executors.local import LocalExecutor
 from peftrepro.executors.ray_fleet import RayExecutor
 from peftrepro.manifest import ResolvedManifest, find_manifests, resolve
@@ -88,7 +88,7 @@ def summary_line(record: RunRecord) -> str:
 def run_submissions(
     paths: tuple[Path, ...],
     *,
-    seeds: list[int] | None,
+    seeds: list[int] | str | None,
     runs_dir: Path | None,
     runner: str | None,
     runner_options: dict[str, Any],
@@ -104,7 +104,8 @@ def run_submissions(
     folder_of: dict[str, Path] = {}
     planned = []
     for m in manifests:
-        for s in seeds or [m.training.seed]:
+        chosen = list(get_task(m.task).corpus_seeds) if seeds == CORPUS else seeds
+        for s in chosen if isinstance(chosen, list) else [m.training.seed]:
             job = Job.for_manifest(m, seed=s, runner=kind, runner_options=runner_options)
             if job.key in folder_of:
                 raise UsageError(f"{job.rel} is named twice ({folder_of[job.key]}, {m.folder})")
@@ -147,7 +148,7 @@ def sweep_submissions(
     paths: tuple[Path, ...],
     *,
     lrs: list[float],
-    seed: int,
+    seeds: list[int],
     extend: int,
     apply: bool,
     executor: ExecutorChoice,
@@ -157,8 +158,8 @@ def sweep_submissions(
     manifests: dict[str, ResolvedManifest] = {}
     planned = []
     for m in _resolved(paths, "sweep"):
-        spec = {"lrs": lrs, "extend": extend, "previous": load_previous(m.folder)}
-        job = Job.for_manifest(m, seed=seed, sweep=spec)
+        spec = {"lrs": lrs, "seeds": seeds, "extend": extend, "previous": load_previous(m.folder)}
+        job = Job.for_manifest(m, seed=seeds[0], sweep=spec)
         if job.key in manifests:
             raise UsageError(f"{job.rel} is named twice ({manifests[job.key].folder}, {m.folder})")
         manifests[job.key] = m
@@ -192,7 +193,10 @@ def _sweep_done(result: JobResult, manifest: ResolvedManifest, apply: bool, echo
     out = write_sweep(manifest.folder, record)
     chosen = record["chosen_lr"]
     if chosen is None:
-        echo.err(f"{label}: every rate failed; see {out}")
+        echo.err(
+            f"{label}: no rate can be chosen: at every rate a seed failed, ended with a non-finite loss "
+            f"or scored at or below the base model ({record.get('base_valid')}); see {out}"
+        )
         return [EXIT_RUN_FAILED]
     edge = " (still at the edge of the rates tried: widen the grid)" if record["at_grid_edge"] else ""
     if record["reused_lrs"]:

@@ -14,6 +14,7 @@ which exits with the driver): a killed driver or Ray worker leaves no orphan run
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import pickle
 import shutil
@@ -32,6 +33,7 @@ from peftrepro.executors.template import job_environment, warm_context
 from peftrepro.executors.work import RESULT_FILE
 from peftrepro.paths import work_dir
 from peftrepro.records import RunError
+from peftrepro.runners.local import allocator_environment
 
 
 @dataclass
@@ -46,7 +48,7 @@ class LocalExecutor:
         self.jobs = max(1, jobs)
 
     def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
-        ctx, template = warm_context()
+        fresh = multiprocessing.get_context("spawn")
         pending = list(reversed(jobs))
         running: dict[Any, _Running] = {}  # by sentinel
         signals: list[str] = []
@@ -63,9 +65,12 @@ class LocalExecutor:
                 while pending and not signals and len(running) < self.jobs:
                     job = pending.pop()
                     workdir = work_dir("job")  # removed below; a killed driver's by sweep_orphans
-                    args = (pickle.dumps(job), str(workdir), os.getpid(), template, job_environment())
+                    ctx, template = warm_context() if job.start == "template" else (fresh, None)
+                    env = job_environment(job.start)
+                    args = (pickle.dumps(job), str(workdir), os.getpid(), template, env)
                     process = ctx.Process(target=child.start, args=args, name="peftrepro-job")  # type: ignore[attr-defined]
-                    process.start()
+                    with allocator_environment():  # a fresh interpreter reads them at its start
+                        process.start()
                     running[process.sentinel] = _Running(job, process, workdir)
                     on_start(job, socket.gethostname())
                 if not running:

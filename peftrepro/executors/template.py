@@ -21,6 +21,7 @@ from multiprocessing import forkserver
 from multiprocessing.context import BaseContext
 from typing import Any
 
+from peftrepro.environment import JOB_START_ENV
 from peftrepro.measure import ALLOCATOR_ENV
 from peftrepro.runners.local import allocator_environment
 
@@ -31,16 +32,19 @@ PRELOAD = ["peftrepro.child", "peftrepro.executors.work"]
 _started_with: dict[str, str] | None = None
 
 
-def job_environment() -> dict[str, str]:
-    """The environment a job runs with: the driver's, plus the allocator settings."""
-    return {**os.environ, **ALLOCATOR_ENV}
+def job_environment(start: str = "template") -> dict[str, str]:
+    """The environment a job runs with: the driver's, plus the allocator settings, and how the job's
+    process started (the record reports it: environment.job_start)."""
+    env = {**os.environ, **ALLOCATOR_ENV}
+    env.pop(JOB_START_ENV, None)
+    return {**env, JOB_START_ENV: start} if start == "template" else env
 
 
 def _read_at_start(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("PEFTREPRO_")}
 
 
-def warm_context() -> tuple[BaseContext, int]:
+def warm_context() -> tuple[BaseContext, int | None]:
     """The forkserver context, its template running with this environment, and its pid (a job's
     process arms its parent-death signal against it: child.py)."""
     global _started_with

@@ -28,7 +28,7 @@ def perform(job: Job, workdir: Path) -> JobResult:
         record = run_sweep(
             manifest,
             job.sweep["lrs"],
-            seed=job.seed,
+            seeds=job.sweep["seeds"],
             extend=job.sweep["extend"],
             previous=job.sweep["previous"],
             on_point=lambda p: print(point_line(job.rel, p), flush=True),

@@ -58,6 +58,9 @@ class Prepared:
     load_base: Callable[[], torch.nn.Module]  # a fresh copy of the base model, as loaded from the cache
     # Image tasks: write a PNG grid of the model's samples to the path; returns nothing.
     save_samples: Callable[[torch.nn.Module, Path], None] | None = None
+    # The same score with its per-item outcomes, in the split's fixed order (bools, or a float per
+    # sample; their mean is the score): the record's `test_outcomes`. None: a task without them.
+    outcomes: Callable[[torch.nn.Module, str, int], tuple[float, list[bool] | list[float]]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +78,15 @@ class Task(ABC):
     # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
     pareto_cost_key: str = "peak_memory_bytes"
     public_reference: PublicReference | None = None
+
+    @property
+    def corpus_seeds(self) -> tuple[int, ...]:
+        """The seeds a leaderboard row is run on (`run --seeds`): five where a run is cheap (CPU
+        tracks), three on GPU tracks."""
+        return tuple(range(5 if self.accelerator == "cpu" else 3))
+
+    # The row every other is compared with, pairwise on the same seeds and test items (stats.py).
+    reference_row: str | None = "lora/default"
     accelerator: str = "cpu"  # "cpu": runs and is verified anywhere (CI included); "cuda": needs a GPU
     dtypes: tuple[str, ...] = ("float32",)  # what `training.dtype` may say; the first is the default
     # The budget every submission of the task shares: `peftrepro ci` refuses a manifest that changes it.

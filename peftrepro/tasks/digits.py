@@ -411,11 +411,15 @@ class DigitsTask(Task):
             device = next(model.parameters()).device
             return diffusion_loss(model, batch.images.to(device), batch.labels.to(device))
 
-        def evaluate(model: torch.nn.Module, split: str, batch_size: int) -> float:
+        def outcomes(model: torch.nn.Module, split: str, batch_size: int) -> tuple[float, list[bool]]:
             n, seed = (N_VALID, VALID_SEED) if split == "valid" else (N_TEST, TEST_SEED)
             samples = generate(model, torch.full((n,), CONCEPT), seed, batch_size)
             with torch.inference_mode():
-                return float((evaluator(samples).argmax(1) == CONCEPT).float().mean())
+                hits = evaluator(samples).argmax(1) == CONCEPT
+                return float(hits.float().mean()), [bool(h) for h in hits.tolist()]
+
+        def evaluate(model: torch.nn.Module, split: str, batch_size: int) -> float:
+            return outcomes(model, split, batch_size)[0]
 
         def prior(model: torch.nn.Module, batch_size: int) -> list[list[float]]:
             samples = generate(model, drift_labels(), DRIFT_SEED, batch_size)
@@ -461,6 +465,7 @@ class DigitsTask(Task):
             batches=batches,
             loss=loss,
             evaluate=evaluate,
+            outcomes=outcomes,
             prior=prior,
             prior_change=prior_change,
             probe=Probe(outputs=probe_outputs, loss=probe_loss),

@@ -305,12 +305,16 @@ class ImageGenTask(Task):
                     ).images
             return out
 
-        def evaluate(model: torch.nn.Module, which: str, batch_size: int) -> float:
+        def outcomes(model: torch.nn.Module, which: str, batch_size: int) -> tuple[float, list[float]]:
             del batch_size  # one image per call, as the public harness (batch_size_eval 1)
             made = _embed(
                 dino_processor, dino, generate(model, [prompts[i] for i in split[which]], EVAL_SEED)
             )
-            return float((made * references[which]).sum(-1).mean())
+            similarity = (made * references[which]).sum(-1)
+            return float(similarity.mean()), [float(v) for v in similarity.tolist()]
+
+        def evaluate(model: torch.nn.Module, which: str, batch_size: int) -> float:
+            return outcomes(model, which, batch_size)[0]
 
         def prior(model: torch.nn.Module, batch_size: int) -> list[list[float]]:
             del batch_size
@@ -359,6 +363,7 @@ class ImageGenTask(Task):
             batches=batches,
             loss=loss,
             evaluate=evaluate,
+            outcomes=outcomes,
             prior=prior,
             prior_change=drift,
             probe=Probe(outputs=probe_outputs, loss=lambda m: loss(m, probe_batch)),

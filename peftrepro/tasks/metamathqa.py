@@ -281,9 +281,13 @@ class MetaMathQATask(Task):
                     for i in range(0, len(bucket), cfg.batch_size):
                         yield _collate(bucket[i : i + cfg.batch_size], pad)
 
-        def evaluate(m: torch.nn.Module, split: str, batch_size: int) -> float:
+        def outcomes(m: torch.nn.Module, split: str, batch_size: int) -> tuple[float, list[bool]]:
             questions, answers = evals[split]
-            return accuracy(_generate(m, tok, questions, batch_size), answers)
+            items = [bool(c) for c in map(is_correct, _generate(m, tok, questions, batch_size), answers)]
+            return sum(items) / len(items), items
+
+        def evaluate(m: torch.nn.Module, split: str, batch_size: int) -> float:
+            return outcomes(m, split, batch_size)[0]
 
         def general_ce(m: torch.nn.Module, batch_size: int) -> dict[str, float]:
             del batch_size  # the public harness uses the training batch size here, to keep memory down
@@ -314,6 +318,7 @@ class MetaMathQATask(Task):
             batches=batches,
             loss=math_loss,
             evaluate=evaluate,
+            outcomes=outcomes,
             prior=general_ce,
             prior_change=forgetting,
             probe=_probe(probe_rows, pad),
