@@ -2,7 +2,8 @@
 
 Builds synthetic trees of 1k, 10k and 100k schema-valid records (one submission per 10 records:
 3 seeds x 3 runs of the current manifest + 1 record of an earlier manifest, i.e. a history of
-re-runs) and times `render` (read, check, aggregate, write Markdown and SVG) in this process.
+re-runs; every record with per-item outcomes, so intervals, paired tests and tiers are computed)
+and times `render` (read, check, aggregate, write Markdown and SVG) in this process.
 Each tree is rendered twice in this run: with the compiled schemas (what `peftrepro leaderboard`
 does) and with the interpreter alone (the validator before it), and the ratio is printed.
 Goal: linear growth, and < 2 s at 10k records on a 2-core machine.
@@ -25,7 +26,7 @@ from peftrepro import schemas
 from peftrepro.jsonio import pretty_bytes
 from peftrepro.manifest import manifest_sha256
 from peftrepro.pages import render
-from tests.synthetic import manifest_doc, record, run_id, write_manifest
+from tests.synthetic import manifest_doc, outcomes, record, run_id, write_manifest
 
 METHODS = ["lora", "loha", "lokr", "ia3", "vera", "boft", "hra", "fourierft"]
 RECORDS_PER_SUBMISSION = 10
@@ -54,7 +55,9 @@ def build(root: Path, n_records: int) -> int:
             rec["run_id"] = run_id(k, seed, i % 86_400)
             rec["seed"] = seed
             rec["submission"].update(method="lora", name=folder.name, manifest_sha256=sha if k else "c" * 64)
-            rec["metrics"]["test_accuracy"] = round((i * 7919 + k) % 1000 / 1000, 3)
+            correct = (i * 7919 + k) % 301  # of 300 test items, with per-item outcomes as runs write them
+            rec["metrics"]["test_accuracy"] = correct / 300
+            rec["metrics"]["test_outcomes"] = outcomes(correct / 300, f"{i}-{k}")
             rec["metrics"]["peak_memory_bytes"] = 1_000_000_000 + (i * 104_729 + k) % 900_000_000
             (runs / f"{rec['run_id']}.json").write_bytes(pretty_bytes(rec))
             written += 1

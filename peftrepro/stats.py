@@ -110,21 +110,29 @@ class Paired:
     seeds: int  # common seeds compared
 
 
-def _spread(table: np.ndarray) -> tuple[float, float]:
-    """Standard error of a seeds x items table's mean, and its degrees of freedom. Two sources:
-    the seeds (variance of the seed means over S) and the test set as one draw of items (variance
-    of the item means over N); Welch-Satterthwaite degrees of freedom. The item-level noise within
-    a seed is in both terms, so the error is slightly overstated: a close call comes out a tie."""
-    s, n = table.shape
-    items = float(table.mean(axis=0).var(ddof=1)) / n if n > 1 else 0.0
+def _spread(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Standard error of the mean of each seeds x items table in `tables` (G x S x N), and its
+    degrees of freedom. Two sources: the seeds (variance of the seed means, over S) and the test
+    set as one draw of items (variance of the item means, over N); Welch-Satterthwaite degrees of
+    freedom. The item-level noise within a seed is in both terms, so the error is slightly
+    overstated: a close call comes out a tie. One seed: the item term alone."""
+    _, s, n = tables.shape
+    items = tables.mean(axis=1).var(axis=1, ddof=1) / n if n > 1 else np.zeros(len(tables))
     if s == 1:
-        return math.sqrt(items), float(max(n - 1, 1))
-    seeds = float(table.mean(axis=1).var(ddof=1)) / s
+        return np.sqrt(items), np.full(len(tables), float(max(n - 1, 1)))
+    seeds = tables.mean(axis=2).var(axis=1, ddof=1) / s
     total = seeds + items
-    if total == 0:
-        return 0.0, math.inf
     parts = seeds**2 / (s - 1) + (items**2 / (n - 1) if n > 1 else 0.0)
-    return math.sqrt(total), total**2 / parts
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.where(parts > 0, total**2 / np.where(parts > 0, parts, 1.0), np.inf)
+    return np.sqrt(total), df
+
+
+def _p(effect: np.ndarray, se: np.ndarray, df: np.ndarray) -> np.ndarray:
+    """Two-sided p-values of t = effect / se (se 0: 1 when the effect is 0, else 0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, np.abs(effect) / np.where(se > 0, se, 1.0), np.where(effect == 0, 0.0, np.inf))
+    return 2 * scipy.stats.t.sf(t, df)
 
 
 def _interval(mean: float, se: float, df: float) -> Interval:
@@ -136,23 +144,52 @@ def row_interval(by_seed: Mapping[int, np.ndarray]) -> Interval:
     """95% interval of the mean score over seeds and test items (t, see _spread). One seed: the
     test items only (seed-to-seed spread unknown: too narrow, and pages say so)."""
     table = np.stack([by_seed[s] for s in sorted(by_seed)]).astype(np.float64)
-    return _interval(float(table.mean()), *_spread(table))
+    se, df = _spread(table[None])
+    return _interval(float(table.mean()), float(se[0]), float(df[0]))
+
+
+def _common(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> tuple[int, ...] | None:
+    """The seeds a paired test of a and b uses, or None: fewer than MIN_SEEDS common seeds (one
+    seed cannot tell a method from a lucky seed: the arithmetic corpus's seed std reached 0.25),
+    or item sets of different sizes."""
+    seeds = tuple(sorted(set(a) & set(b)))
+    if len(seeds) < MIN_SEEDS or len({len(a[s]) for s in seeds} | {len(b[s]) for s in seeds}) != 1:
+        return None
+    return seeds
 
 
 def paired(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> Paired | None:
     """`a` against `b` on their common seeds and the same items: per-item differences, seed by
     seed; their mean, its 95% interval and the two-sided p-value of a t-test on it (see _spread).
-    None with fewer than MIN_SEEDS common seeds (one seed cannot tell a method from a lucky seed:
-    the arithmetic corpus's seed std reached 0.25) or when the item sets differ in size."""
-    seeds = sorted(set(a) & set(b))
-    if len(seeds) < MIN_SEEDS or len({len(a[s]) for s in seeds} | {len(b[s]) for s in seeds}) != 1:
+    None when _common says they cannot be paired."""
+    seeds = _common(a, b)
+    if seeds is None:
         return None
     diff = np.stack([a[s] - b[s] for s in seeds]).astype(np.float64)
     effect = float(diff.mean())
-    se, df = _spread(diff)
-    t = abs(effect) / se if se > 0 else (0.0 if effect == 0 else math.inf)
-    p = float(2 * scipy.stats.t.sf(t, df))
-    return Paired(effect, _interval(effect, se, df), p, len(seeds))
+    se, df = _spread(diff[None])
+    p = float(_p(np.array([effect]), se, df)[0])
+    return Paired(effect, _interval(effect, float(se[0]), float(df[0])), p, len(seeds))
+
+
+def _p_against(
+    leader: Mapping[int, np.ndarray], rows: Mapping[str, Mapping[int, np.ndarray]]
+) -> dict[str, float]:
+    """`paired(row, leader).p` for every row that can be paired with the leader, computed a group
+    of rows with the same common seeds at a time (one array operation per group: the tiers of a
+    1000-row page need thousands of tests)."""
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for k, row in rows.items():
+        seeds = _common(row, leader)
+        if seeds is not None:
+            groups.setdefault(seeds, []).append(k)
+    out: dict[str, float] = {}
+    for seeds, keys in groups.items():
+        lead = np.stack([leader[s] for s in seeds]).astype(np.float64)
+        diff = np.stack([np.stack([rows[k][s] for s in seeds]) for k in keys]).astype(np.float64) - lead
+        se, df = _spread(diff)
+        out.update(zip(keys, (float(p) for p in _p(diff.mean(axis=(1, 2)), se, df)), strict=True))
+    return out
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -179,9 +216,9 @@ def tiers(rows: Mapping[str, Mapping[int, np.ndarray]]) -> dict[str, int]:
     while left:
         tier += 1
         leader, rest = left[0], left[1:]
-        tests = {k: paired(rows[k], rows[leader]) for k in rest}
-        testable = [k for k in rest if tests[k] is not None]
-        adjusted = dict(zip(testable, holm([tests[k].p for k in testable]), strict=True))  # type: ignore[union-attr]
+        pvalues = _p_against(rows[leader], {k: rows[k] for k in rest})
+        testable = [k for k in rest if k in pvalues]
+        adjusted = dict(zip(testable, holm([pvalues[k] for k in testable]), strict=True))
         members = {leader} | {k for k in testable if adjusted[k] >= ALPHA}
         for k in members:
             found[k] = tier
