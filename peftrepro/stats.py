@@ -19,6 +19,7 @@ the same records give the same bytes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
@@ -63,15 +64,10 @@ def decode(outcomes: Mapping[str, Any]) -> np.ndarray:
     if not isinstance(n, int) or n < 1:
         raise ValueError("`n` is not a positive count")
     if outcomes.get("kind") == "binary":
-        hexed = outcomes.get("bits")
+        hexed, sha = outcomes.get("bits"), outcomes.get("sha256")
         if not isinstance(hexed, str) or len(hexed) != -(-n // 4):
             raise ValueError(f"`bits` does not hold {n} items")
-        bits = format(int(hexed, 16), f"0{4 * len(hexed)}b")
-        if set(bits[n:]) - {"0"}:
-            raise ValueError("`bits` has items past `n`")
-        if _sha(bits[:n]) != outcomes.get("sha256"):
-            raise ValueError("`sha256` does not match the outcomes")
-        return np.frombuffer(bits[:n].encode(), dtype=np.uint8).astype(np.int64) - ord("0")
+        return _bits(hexed, n, str(sha))
     values = outcomes.get("values")
     if not isinstance(values, list) or len(values) != n:
         raise ValueError(f"`values` does not hold {n} items")
@@ -79,6 +75,20 @@ def decode(outcomes: Mapping[str, Any]) -> np.ndarray:
     if _sha(_values_text(floats)) != outcomes.get("sha256"):
         raise ValueError("`sha256` does not match the outcomes")
     return np.array(floats, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=20_000)
+def _bits(hexed: str, n: int, sha: str) -> np.ndarray:
+    """Decoded once per distinct field (records are read, then shown): a read-only uint8 array."""
+    raw = bytes.fromhex(hexed + "0" * (len(hexed) % 2))
+    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: 4 * len(hexed)]
+    if bits[n:].any():
+        raise ValueError("`bits` has items past `n`")
+    if _sha((bits[:n] + ord("0")).tobytes().decode()) != sha:
+        raise ValueError("`sha256` does not match the outcomes")
+    out = bits[:n].copy()
+    out.flags.writeable = False
+    return out
 
 
 def consistent(outcomes: Mapping[str, Any], score: Any) -> str | None:
@@ -143,9 +153,14 @@ def _interval(mean: float, se: float, df: float) -> Interval:
 def row_interval(by_seed: Mapping[int, np.ndarray]) -> Interval:
     """95% interval of the mean score over seeds and test items (t, see _spread). One seed: the
     test items only (seed-to-seed spread unknown: too narrow, and pages say so)."""
-    table = np.stack([by_seed[s] for s in sorted(by_seed)]).astype(np.float64)
+    table = _table(by_seed, tuple(sorted(by_seed)))
     se, df = _spread(table[None])
     return _interval(float(table.mean()), float(se[0]), float(df[0]))
+
+
+def _table(by_seed: Mapping[int, np.ndarray], seeds: tuple[int, ...]) -> np.ndarray:
+    """The seeds x items table of these seeds, as float64 (never subtract the stored uint8 bits)."""
+    return np.stack([by_seed[s] for s in seeds]).astype(np.float64)
 
 
 def _common(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> tuple[int, ...] | None:
@@ -165,7 +180,7 @@ def paired(a: Mapping[int, np.ndarray], b: Mapping[int, np.ndarray]) -> Paired |
     seeds = _common(a, b)
     if seeds is None:
         return None
-    diff = np.stack([a[s] - b[s] for s in seeds]).astype(np.float64)
+    diff = _table(a, seeds) - _table(b, seeds)
     effect = float(diff.mean())
     se, df = _spread(diff[None])
     p = float(_p(np.array([effect]), se, df)[0])
@@ -185,8 +200,7 @@ def _p_against(
             groups.setdefault(seeds, []).append(k)
     out: dict[str, float] = {}
     for seeds, keys in groups.items():
-        lead = np.stack([leader[s] for s in seeds]).astype(np.float64)
-        diff = np.stack([np.stack([rows[k][s] for s in seeds]) for k in keys]).astype(np.float64) - lead
+        diff = np.stack([_table(rows[k], seeds) for k in keys]) - _table(leader, seeds)
         se, df = _spread(diff)
         out.update(zip(keys, (float(p) for p in _p(diff.mean(axis=(1, 2)), se, df)), strict=True))
     return out
