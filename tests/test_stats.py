@@ -144,3 +144,27 @@ def test_pages_show_intervals_tiers_and_say_tie(tmp_path: Path) -> None:
     again, _ = render(root, tmp_path / "leaderboard")
     assert again == files  # same records, same bytes
     json.dumps(problems)
+
+
+def test_paired_matches_a_hand_worked_case_and_scipy() -> None:
+    """Hand-worked: differences [[1, 0], [1, 1]] (2 seeds x 2 items): effect 0.75, seed term
+    var([0.5, 1]) / 2 = 0.0625, item term var([1, 0.5]) / 2 = 0.0625, se sqrt(0.125), df
+    0.125^2 / (0.0625^2 + 0.0625^2) = 2. With one item per seed the item term vanishes and the test
+    is scipy's one-sample t-test on the per-seed differences."""
+    import scipy.stats
+
+    a = {0: np.array([1, 0]), 1: np.array([1, 1])}
+    b = {0: np.array([0, 0]), 1: np.array([0, 0])}
+    test = stats.paired(a, b)
+    assert test is not None and test.effect == 0.75 and test.seeds == 2
+    t = 0.75 / 0.125**0.5
+    assert test.p == pytest.approx(2 * scipy.stats.t.sf(t, 2))
+    half = scipy.stats.t.ppf(0.975, 2) * 0.125**0.5
+    assert (test.interval.low, test.interval.high) == pytest.approx((0.75 - half, 0.75 + half))
+
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(0.5, 0.1, 5), rng.normal(0.45, 0.1, 5)
+    one = stats.paired({s: x[s : s + 1] for s in range(5)}, {s: y[s : s + 1] for s in range(5)})
+    assert one is not None
+    assert one.p == pytest.approx(scipy.stats.ttest_1samp(x - y, 0.0).pvalue)
+    assert one.p == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue)
