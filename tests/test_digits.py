@@ -165,6 +165,7 @@ def test_a_digits_record_without_its_own_metrics_is_ignored(digits_task, write_m
         "drift",
         "samples_sha256",
         "images_per_second",
+        "test_outcomes",
     ):
         m.pop(key)  # dressed up as a text record: valid for the schema, not for this task
     m.update(test_accuracy=0.9, base_test_accuracy=0.1, forgetting=0.0, tokens_per_second=1.0)

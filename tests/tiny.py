@@ -109,7 +109,7 @@ class ExplodingTask(ArithmeticTask):
                 raise RuntimeError("evaluation exploded\nsecond line")
             return evaluate(model, split, batch_size)
 
-        return dataclasses.replace(prepared, evaluate=exploding)
+        return dataclasses.replace(prepared, evaluate=exploding, outcomes=None)  # the test split: evaluate
 
 
 def interrupt_during_training(args: list[str], tiny_model_dir: Path, sig: int) -> tuple[int, str, str]:
