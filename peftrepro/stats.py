@@ -58,7 +58,7 @@ def _values_text(values: list[float]) -> str:
 
 
 def decode(outcomes: Mapping[str, Any]) -> np.ndarray:
-    """The per-item outcomes as an array (int64 0/1 for bits, float64 for values); ValueError when
+    """The per-item outcomes as an array (read-only uint8 0/1 for bits, float64 for values); ValueError when
     the field is inconsistent (its sha256, its length)."""
     n = outcomes.get("n")
     if not isinstance(n, int) or n < 1:
