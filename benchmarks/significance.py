@@ -78,7 +78,7 @@ def main() -> None:
             ref_items = {s: stats.decode(m["test_outcomes"]) for s, m in ref.items() if "test_outcomes" in m}
             if len(items) == len(runs):
                 interval = stats.row_interval(items)
-                half = (interval.high - interval.low) / 2
+                half = (interval.high - interval.low) / 2 if interval else float("nan")
                 test = stats.paired(items, ref_items) if n != names[0] else None
                 effect, p = (test.effect, test.p) if test else (float("nan"), float("nan"))
                 how = "per-item"

@@ -6,14 +6,22 @@ manifest or task version (`stale`), and the verifications that still apply to th
 Nothing is trusted: every record or verification used is schema-checked and bound to its folder,
 its file name and its manifest; every file that cannot be used is listed with the reason.
 
-Records that a newer run of the same seed supersedes are parsed but not schema-checked: they do not
-reach any output, and checking them all would make the leaderboard grow with history, not content.
+Records that a newer record of the same seed supersedes are not read at all: a run id names its
+seed (a record whose `seed` differs from its run id's is refused), so the file name alone says that a
+newer claim of that seed exists. They reach no output, and reading them would make the leaderboard
+grow with history, not content.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
+import os
+import pickle
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,7 @@ from peftrepro.signing import MAX_SIG_BYTES, Signature, check, signature_path, s
 from peftrepro.sweep import SWEEP_FILE
 from peftrepro.tasks import get_task, task_names
 
-RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-s[0-9]{1,10}-[0-9a-f]{6}")
+RUN_ID = re.compile(r"[0-9]{8}T[0-9]{6}Z-s([0-9]{1,10})-[0-9a-f]{6}")
 
 
 @dataclass(frozen=True)
@@ -121,9 +129,11 @@ def _files(folder: Path, ignored: list[tuple[Path, str]] | None = None) -> list[
         if ignored is not None:
             ignored.append((folder, "is a symbolic link; records folders must be plain folders"))
         return []
-    if not folder.is_dir():
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:  # missing, not a folder, or unreadable: no records to show
         return []
-    return sorted((p for p in folder.glob("*.json") if not p.name.startswith(".")), reverse=True)
+    return [folder / n for n in sorted(names, reverse=True) if n.endswith(".json") and not n.startswith(".")]
 
 
 def _header(data: dict[str, Any]) -> tuple[Any, ...]:
@@ -181,8 +191,11 @@ def _load_records(sub: Submission) -> None:
     version = get_task(m.task).version if m else None
     for path in _files(sub.folder / RUNS_DIR, sub.ignored):
         try:
-            if not RUN_ID.fullmatch(path.stem):
+            name = RUN_ID.fullmatch(path.stem)
+            if name is None:
                 raise JSONReadError("file name is not a run id (YYYYmmddTHHMMSSZ-sSEED-xxxxxx.json)")
+            if sub.latest is not None and int(name.group(1)) in sub.claims:
+                continue  # superseded: a newer claim of its seed was found (see the module's docstring)
             data, sha = _read(path)
         except (JSONReadError, OSError) as e:
             sub.ignored.append((path, str(e)))
@@ -252,6 +265,10 @@ def _bound(sub: Submission, stored: Stored) -> bool:
         sub.ignored.append(
             (stored.path, f"run_id {safe_text(stored.record.run_id)} does not match the file name")
         )
+        return False
+    seed = stored.record.seed
+    if type(seed) is int and f"-s{seed}-" not in stored.record.run_id:
+        sub.ignored.append((stored.path, f"seed {seed} is not the seed its run id names"))
         return False
     return True
 
@@ -326,25 +343,91 @@ def _verification_problem(
     return None
 
 
-def load_tree(root: Path) -> tuple[list[Submission], list[tuple[Path, str]]]:
+# A tree of this many submissions or more is read by two processes (a fork of this one reads every
+# other folder): reading is per-folder Python work, and the leaderboard of 10k records must take < 2 s.
+PARALLEL_FROM = 200
+
+
+def load_tree(
+    root: Path, parallel_from: int = PARALLEL_FROM
+) -> tuple[list[Submission], list[tuple[Path, str]]]:
     """Every submission under `root` (task/method/name folders), and files found outside any
     submission (records whose manifest is missing)."""
-    subs: list[Submission] = []
-    orphans: list[tuple[Path, str]] = []
     inside = root.resolve()
+    signers = signers_file(inside)
+    folders: list[Path] = []
+    orphans: list[tuple[Path, str]] = []
     for folder in sorted(p for p in root.glob("*/*/*") if p.is_dir() or p.is_symlink()):
         if folder.is_symlink() or not folder.resolve().is_relative_to(inside):
             # A linked submission (or task/method folder) could point anywhere: never read.
             orphans.append((folder, "is or lies under a symbolic link; submissions must be plain folders"))
             continue
         if (folder / MANIFEST_FILE).is_file():
-            subs.append(load_submission(folder))
+            folders.append(folder)
         else:
             orphans.extend((p, "record for a missing manifest") for p in _files(folder / RUNS_DIR))
             orphans.extend(
                 (p, "verification for a missing manifest") for p in _files(folder / VERIFICATIONS_DIR)
             )
-    return subs, orphans
+    with _no_gc():
+        return _load_all(folders, signers, parallel_from), orphans
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Reading builds ~100 small acyclic objects per record; the cyclic collector's full passes over
+    them (each pass walks everything read so far) cost up to a third of a large tree's load."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _load_some(folders: list[Path], signers: Path) -> list[Submission]:
+    return [load_submission(f, signers) for f in folders]
+
+
+def _load_all(folders: list[Path], signers: Path, parallel_from: int) -> list[Submission]:
+    """load_submission of each folder, in order. A large tree is read by two processes: a fork of
+    this one reads every other folder and sends its Submissions back pickled through a pipe (a
+    process pool's result thread fought the reading for the GIL and gained nothing). Never while
+    another non-daemon thread runs: a lock it holds would stay held in the child (daemon helpers,
+    such as tqdm's monitor, are chores the reader never waits on)."""
+    busy = any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate())
+    if len(folders) < parallel_from or busy or not hasattr(os, "fork"):
+        return _load_some(folders, signers)
+    theirs = folders[1::2]
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns, never runs the parent's exit handlers
+        code = 1
+        try:
+            os.close(read_end)
+            with os.fdopen(write_end, "wb") as out:
+                out.write(pickle.dumps(_load_some(theirs, signers), protocol=pickle.HIGHEST_PROTOCOL))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    try:
+        mine = _load_some(folders[0::2], signers)
+        with os.fdopen(read_end, "rb") as inp:
+            sent = inp.read()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(read_end)  # already closed when read; otherwise the child's write fails and it exits
+        _, status = os.waitpid(pid, 0)
+    try:
+        other = pickle.loads(sent) if os.waitstatus_to_exitcode(status) == 0 else None
+    except (pickle.UnpicklingError, EOFError):
+        other = None
+    if not isinstance(other, list) or len(other) != len(theirs):  # the reader died: read its half here
+        other = _load_some(theirs, signers)
+    merged = [sub for pair in zip(mine, other, strict=False) for sub in pair]
+    return merged + mine[len(other) :]
 
 
 def describe_ignored(path: Path, reason: str) -> str:

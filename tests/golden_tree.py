@@ -38,7 +38,8 @@ def build(root: Path) -> None:
     root.mkdir(parents=True)
     trust(root)  # tests/keys/tester is this tree's one verifier
 
-    # verified, on the front: three seeds, seed 0 reproduced; an older truncated record is reported
+    # verified, on the front: three seeds, seed 0 reproduced; a newer truncated record of seed 0 (an
+    # interrupted write) is reported and hides nothing
     m = write_manifest(root, manifest_doc("lora", "r8", LORA, title="LoRA r=8, all linear layers"))
     for seed, acc in ((0, 0.62), (1, 0.34), (2, 0.55)):
         path = save(
@@ -59,7 +60,7 @@ def build(root: Path) -> None:
             v = verification(path, read(path), run_id(4, 1, 2), test_accuracy=0.30)
             v["verdict"] = "reproduced"
             save(m.folder, "verifications", v)
-    (m.folder / "runs" / f"{run_id(1, 0, 9)}.json").write_text('{"schema_version": 1, "run_id": "2026')
+    (m.folder / "runs" / f"{run_id(5, 0, 9)}.json").write_text('{"schema_version": 1, "run_id": "2026')
 
     # claimed, on the front (cheaper); and an exact twin of it, which must share the front. Each has
     # a verification that says "reproduced" and counts for nothing: small's is unsigned (a copy of

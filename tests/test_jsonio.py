@@ -12,6 +12,7 @@ import pytest
 from peftrepro.jsonio import (
     JSONReadError,
     canonical_bytes,
+    parse_json,
     pretty_bytes,
     read_json,
     replace_file,
@@ -51,6 +52,10 @@ def test_read_json_refusals(tmp_path: Path) -> None:
         b'{"a": NaN}': "not valid JSON",
         b"\xff": "not UTF-8",
         b"{": "not valid JSON",
+        b'{"a": 1e999}': "out of range",
+        b'{"a": -1E+400}': "out of range",
+        b'{"a": ' + b"9" * 101 + b"}": "at most 100 are accepted",
+        b'{"a": 0.' + b"1" * 120 + b"}": "characters; at most 110",
     }
     for raw, fragment in cases.items():
         p = tmp_path / "x.json"
@@ -61,6 +66,14 @@ def test_read_json_refusals(tmp_path: Path) -> None:
     big.write_bytes(b" " * 2_000_000)
     with pytest.raises(JSONReadError, match="at most"):
         read_json(big)
+
+
+def test_numbers_parse_alike_on_the_checked_and_the_unchecked_path() -> None:
+    """parse_json checks numbers one by one only when the text holds a long digit run or a 3-digit
+    exponent; every shorter number must come out the same as json's own parse."""
+    text = '{"i": [0, -7, 123456789012345], "f": [0.5, -1e-05, 3.14159e300, 1.7976931348623157e+308]}'
+    assert parse_json(text.encode()) == json.loads(text)
+    assert parse_json(b'{"h": "1234567890123456", "x": 1.5}') == {"h": "1234567890123456", "x": 1.5}
 
 
 WRITER = """

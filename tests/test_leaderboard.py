@@ -7,6 +7,7 @@ import math
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from peftrepro import collect
 from peftrepro.cli import main
 from peftrepro.leaderboard import md, pareto_front
 from peftrepro.pages import render
@@ -33,7 +35,7 @@ def test_golden_pages_byte_for_byte() -> None:
     assert sorted(files) == sorted(p.name for p in EXPECTED.iterdir())
     for name, data in files.items():
         assert data == (EXPECTED / name).read_bytes(), f"{name} differs; see tests/golden_tree.py"
-    assert len(problems) == 3  # truncated record, hand-edited verdict, record without manifest
+    assert len(problems) == 3  # truncated newer record, hand-edited verdict, record without manifest
 
 
 def test_golden_input_is_what_the_builder_makes(tmp_path: Path) -> None:
@@ -169,6 +171,59 @@ def test_hostile_records_are_listed_and_never_crash_the_board(tmp_path: Path) ->
     page = files["arithmetic.md"].decode()
     assert "symbolic link" in page and "not a run id" in page and "at most 1000000" in page
     assert "| claimed | 0.300 |" in page  # the real record behind the hostile ones still counts
+
+
+def test_a_superseded_record_is_not_read_and_a_record_must_be_of_the_seed_its_run_id_names(
+    tmp_path: Path,
+) -> None:
+    """Older than its seed's claim: never read, so never listed (its file name says it is superseded).
+    That shortcut holds only because a record whose seed differs from its run id's is refused."""
+    root = tmp_path / "submissions"
+    shutil.copytree(INPUT.parent, tmp_path, dirs_exist_ok=True)
+    runs = root / "arithmetic/loha/r8/runs"
+    claim = sorted(runs.glob("*-s0-*.json"))[-1]
+    (runs / "20250101T000000Z-s0-000001.json").write_bytes(b"{not json")  # older than the claim
+    _, before = render(root, tmp_path / "leaderboard")
+    assert not any("20250101T000000Z" in p for p in before)
+    doc = json.loads(claim.read_text())
+    doc["seed"] = 7  # a newer record of "seed 0" that is really seed 7
+    doc["run_id"] = "20270101T000000Z-s0-000002"
+    (runs / f"{doc['run_id']}.json").write_text(json.dumps(doc))
+    files, problems = render(root, tmp_path / "leaderboard")
+    assert [p for p in problems if p not in before] == [
+        f"{runs / (doc['run_id'] + '.json')}: seed 7 is not the seed its run id names"
+    ]
+    assert "| claimed | 0.300 |" in files["arithmetic.md"].decode()  # the claim of seed 0 still counts
+
+
+def test_a_tree_read_by_two_processes_reads_like_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """load_tree forks a second reader for large trees; forced here on the golden tree, every
+    submission, claim, verification, signer and ignored file comes out as read by one process."""
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        pytest.skip("another test left a thread running: load_tree never forks then")
+    forks = []
+    real_fork = os.fork
+    monkeypatch.setattr(os, "fork", lambda: forks.append(1) or real_fork())
+
+    def seen(subs: list[collect.Submission]) -> list[object]:
+        return [
+            (
+                s.label,
+                s.problem,
+                {k: (v.run_id, v.sha256) for k, v in s.claims.items()},
+                {k: (v.sha256, v.signer) for k, v in s.verifications.items()},
+                s.stale_reason,
+                s.ignored,
+            )
+            for s in subs
+        ]
+
+    one, orphans_one = collect.load_tree(INPUT, parallel_from=10**9)
+    assert not forks
+    two, orphans_two = collect.load_tree(INPUT, parallel_from=1)
+    assert forks == [1]
+    assert seen(two) == seen(one) and orphans_two == orphans_one
+    assert len(one) > 2
 
 
 @pytest.mark.parametrize(
