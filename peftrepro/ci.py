@@ -34,7 +34,7 @@ from peftrepro.jsonio import read_json
 from peftrepro.leaderboard import md
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
 from peftrepro.pages import differences, render
-from peftrepro.records import RUNS_DIR, VERIFICATIONS_DIR, parse_verification
+from peftrepro.records import CLAIMS_DIR, RUNS_DIR, VERIFICATIONS_DIR, parse_verification
 from peftrepro.runners.local import run_local
 from peftrepro.scaffold import PLACEHOLDER
 from peftrepro.signing import SIGNERS_FILE, check, signature_path, signers_file
@@ -104,7 +104,11 @@ def policy_problems(sub: Submission, changes: dict[Path, str], others: list[Subm
                 "edits an existing submission's manifest; add a new submission that names this one "
                 "in `supersedes` instead"
             )
-        in_records = path.parent.parent == sub.folder and path.parent.name in (RUNS_DIR, VERIFICATIONS_DIR)
+        in_records = path.parent.parent == sub.folder and path.parent.name in (
+            RUNS_DIR,
+            VERIFICATIONS_DIR,
+            CLAIMS_DIR,
+        )
         if in_records and kind in "MDR":
             problems.append(f"records are append-only: {path.parent.name}/{path.name} was changed")
     m = sub.manifest

@@ -292,18 +292,34 @@ def new(task: str, method: str, name: str, source: Path | None, root: Path) -> N
 @main.command("import")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Convert and check; write nothing.")
+@click.option(
+    "--commit",
+    metavar="SHA",
+    help="Result files: the 40-hex commit of the repository they come from (required).",
+)
+@click.option(
+    "--repository",
+    default="huggingface/peft",
+    show_default=True,
+    help="Result files: the repository they come from.",
+)
 @submissions_option
-def import_(path: Path, dry_run: bool, root: Path) -> None:
-    """Convert public PEFT method comparison experiments into manifests.
+def import_(path: Path, dry_run: bool, commit: str | None, repository: str, root: Path) -> None:
+    """Convert public PEFT method comparison experiments into manifests, and their published
+    result files into claims.
 
     PATH is one experiment folder (experiments/<method>/<name>/, holding adapter_config.json and
-    optionally training_params.json) or any folder above many. Their shallow merge over
-    default_training_params.json is reproduced exactly; each place where it differs from
-    peftrepro's key-by-key merge is printed. Exit 2 if any experiment could not be converted.
+    optionally training_params.json), a result file (<track>/results/<method>--<name>.json), a
+    results/ folder, or any folder above them (the whole method_comparison/). Their shallow merge
+    over default_training_params.json is reproduced exactly; each place where it differs from
+    peftrepro's key-by-key merge is printed. A result becomes <submission>/claims/<id>.json, bound
+    to the experiment's manifest (imported too when missing) by sha256; a result whose run config
+    differs from that manifest's is refused with the fields named. Manifests and claims already
+    there are left as they are. Exit 2 if anything could not be converted.
     """
-    from peftrepro.importer import import_experiments
+    from peftrepro.published import import_path
 
-    sys.exit(import_experiments(path, root, dry_run=dry_run, echo=click.echo))
+    sys.exit(import_path(path, root, repository=repository, commit=commit, dry_run=dry_run, echo=click.echo))
 
 
 @main.command("list")

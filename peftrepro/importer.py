@@ -118,12 +118,26 @@ def convert(folder: Path) -> Imported:
     """One experiment folder -> a manifest (not written) and the notes on what the merge changed."""
     method_dir, track_dir = folder.parent, folder.parent.parent.parent
     experiment = f"{track_dir.name}/{method_dir.name}/{folder.name}"
+    params = _read(folder / TRAINING_PARAMS) if (folder / TRAINING_PARAMS).exists() else {}
+    adapter = _read(folder / ADAPTER_CONFIG) if (folder / ADAPTER_CONFIG).exists() else None
+    return build(experiment, track_dir, method_dir.name, folder.name, params, adapter)
+
+
+def build(
+    experiment: str,
+    track_dir: Path,
+    method_name: str,
+    folder_name: str,
+    params: dict[str, Any],
+    adapter: dict[str, Any] | None,
+) -> Imported:
+    """The manifest of an experiment whose training_params.json says `params` and whose adapter
+    config is `adapter` (None: full fine-tuning), over its track's defaults. A published result's
+    run_info (its whole train_config, its peft_config) goes through here too (published.py)."""
     defaults_path = track_dir / DEFAULTS
     if not defaults_path.exists():
         raise NotConvertible(f"{experiment}: no {DEFAULTS} beside its experiments/ folder")
     defaults = _read(defaults_path)
-    params = _read(folder / TRAINING_PARAMS) if (folder / TRAINING_PARAMS).exists() else {}
-    adapter = _read(folder / ADAPTER_CONFIG) if (folder / ADAPTER_CONFIG).exists() else None
     try:
         task_name = task_for(defaults)
     except NotConvertible as e:
@@ -139,7 +153,11 @@ def convert(folder: Path) -> Imported:
         if key == "optimizer_kwargs":
             continue  # below
         if key in MANIFEST_TRAINING:
-            if value != ours.get(key, defaults.get(key)):
+            # Unset in theirs and in their defaults (a result's run_info lists every key): their
+            # harness's default, which the task's own default stands for.
+            if value is None and defaults.get(key) is None:
+                notes.append(f"{key} unset, as in their defaults: the task's {ours.get(key)!r}")
+            elif value != ours.get(key, defaults.get(key)):
                 training[key] = value
                 if key in task.fixed_training:
                     notes.append(
@@ -186,18 +204,18 @@ def convert(folder: Path) -> Imported:
     if optimizer in OPTIMIZER_FAMILIES and method != OPTIMIZER_FAMILIES[optimizer]:
         raise NotConvertible(f"{experiment}: optimizer_type {optimizer!r} on a {method} config")
 
-    name = safe_name(folder.name)
+    name = safe_name(folder_name)
     manifest = {
         "$schema": "../../../../schemas/manifest.schema.json",
         "schema_version": 1,
         "task": task_name,
         "method": method,
         "name": name,
-        "title": f"{method_dir.name}/{folder.name} from the public PEFT method comparison",
+        "title": f"{method_name}/{folder_name} from the public PEFT method comparison",
         "authors": [f"{SOURCE} (imported by peftrepro import)"],
         "description": (
-            f"Imported by `peftrepro import` from {SOURCE}/{track_dir.name}/experiments/{method_dir.name}/"
-            f"{folder.name}: its adapter_config.json and training_params.json as they are, merged the "
+            f"Imported by `peftrepro import` from {SOURCE}/{track_dir.name}/experiments/{method_name}/"
+            f"{folder_name}: its adapter_config.json and training_params.json as they are, merged the "
             f"way the public harness merges them. Hyperparameters: chosen by that experiment's authors"
             f" and not re-tuned here." + (f" Import notes: {'; '.join(notes)}." if notes else "")
         )[:4000],
@@ -281,12 +299,28 @@ def check(imported: Imported, submissions: Path) -> None:
             raise NotConvertible(f"{imported.experiment}: {str(e).replace(tmp, str(submissions))}") from None
 
 
+def manifest_bytes(imported: Imported) -> bytes:
+    return (json.dumps(imported.manifest, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def already_there(imported: Imported, submissions: Path) -> bool:
+    """True when the tree holds exactly this manifest; a different one there is refused."""
+    path = submissions / imported.relpath
+    if not path.exists():
+        return False
+    if path.is_file() and not path.is_symlink() and path.read_bytes() == manifest_bytes(imported):
+        return True
+    raise NotConvertible(
+        f"{imported.experiment}: {path} exists and differs; a submission is never overwritten"
+    )
+
+
 def write(imported: Imported, submissions: Path) -> Path:
     path = submissions / imported.relpath
-    if path.exists():
-        raise NotConvertible(f"{imported.experiment}: {path} exists; a submission is never overwritten")
+    if already_there(imported, submissions):
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(path, (json.dumps(imported.manifest, indent=2, ensure_ascii=False) + "\n").encode())
+    replace_file(path, manifest_bytes(imported))
     return path
 
 
@@ -303,10 +337,14 @@ def import_experiments(path: Path, root: Path, *, dry_run: bool, echo: Callable[
         try:
             imported = convert(folder)
             check(imported, root)
-            where = root / imported.relpath if dry_run else write(imported, root)
+            there = already_there(imported, root)
+            where = root / imported.relpath if dry_run or there else write(imported, root)
         except NotConvertible as e:
             failed += 1
             echo(f"cannot import: {e}")
+            continue
+        if there:
+            echo(f"already imported {imported.experiment} -> {where}")
             continue
         echo(f"{'would import' if dry_run else 'imported'} {imported.experiment} -> {where}")
         for note in imported.notes:

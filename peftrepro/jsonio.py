@@ -93,8 +93,9 @@ def read_capped(path: Path, max_bytes: int = MAX_JSON_BYTES) -> bytes:
     return path.read_bytes()
 
 
-def parse_json(raw: bytes) -> Any:
-    """Parse bytes read from an untrusted file (the checks of `read_json`, minus the size cap)."""
+def parse_json(raw: bytes, *, nan: bool = False) -> Any:
+    """Parse bytes read from an untrusted file (the checks of `read_json`, minus the size cap).
+    `nan`: NaN and Infinity parse as floats (Python's json writes them; the caller decides)."""
     if not raw.strip():
         raise JSONReadError("file is empty; expected a JSON object")
     try:
@@ -113,7 +114,7 @@ def parse_json(raw: bytes) -> Any:
         obj = json.loads(
             text,
             object_pairs_hook=_no_duplicate_keys,
-            parse_constant=_reject_constant,
+            parse_constant=float if nan else _reject_constant,
             parse_int=_bounded_int if checked else None,
             parse_float=_finite_float if checked else None,
         )

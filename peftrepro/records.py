@@ -23,6 +23,7 @@ from peftrepro.metrics import HEADLINE_SCORES
 
 RUNS_DIR = "runs"
 VERIFICATIONS_DIR = "verifications"
+CLAIMS_DIR = "claims"  # published claims (published.py), written once by `peftrepro import`
 RECORD_SCHEMA_VERSION = 1
 VERIFICATION_SCHEMA_VERSION = 1
 SAMPLES_SUFFIX = ".png"  # an image run's sample grid, next to its record under the record's name

@@ -26,6 +26,7 @@ MANIFEST = "manifest.schema.json"
 RUN_RECORD = "run-record.schema.json"
 VERIFICATION = "verification-record.schema.json"
 SWEEP = "sweep-record.schema.json"
+CLAIM = "published-claim.schema.json"
 
 
 def schema_dir() -> Path:

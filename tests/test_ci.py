@@ -185,3 +185,19 @@ def test_the_workflow_runs_the_same_command() -> None:
     commands = "\n".join(s.get("run", "") for s in steps)
     assert "peftrepro ci --changed-since" in commands and "GITHUB_STEP_SUMMARY" in commands
     assert workflow[True]["pull_request"]["paths"] == ["submissions/**"]  # YAML 1.1 reads `on:` as True
+
+
+def test_a_published_claim_is_append_only_like_a_record(tmp_path: Path) -> None:
+    """policy_problems: a claim under claims/ that a change edits, deletes or renames is refused;
+    one it adds is not."""
+    from peftrepro.ci import policy_problems
+    from peftrepro.collect import Submission
+
+    folder = tmp_path / "submissions" / "metamathqa" / "lora" / "r32"
+    sub = Submission(folder, ("metamathqa", "lora", "r32"))
+    claim = folder / "claims" / "lora--r32-0123456789ab.json"
+    for kind in "MDR":
+        assert policy_problems(sub, {claim: kind}, []) == [
+            "records are append-only: claims/lora--r32-0123456789ab.json was changed"
+        ]
+    assert policy_problems(sub, {claim: "A"}, []) == []

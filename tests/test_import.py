@@ -3,18 +3,22 @@ exactly why not), with their shallow merge reproduced and the differences named.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from peftrepro import schemas
 from peftrepro.cli import main
 from peftrepro.errors import NotConvertible
 from peftrepro.importer import convert, find_experiments
 from peftrepro.manifest import resolve
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "peft-method-comparison"
+COMMIT = "5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40"  # of huggingface/peft, the reference's (its README)
 needs_reference = pytest.mark.skipif(
     not REFERENCE.exists(), reason="../shared/reference is not beside the checkout"
 )
@@ -24,7 +28,9 @@ needs_reference = pytest.mark.skipif(
 def test_every_reference_experiment_converts_or_says_why(tmp_path: Path) -> None:
     folders = find_experiments(REFERENCE)
     assert len(folders) == 104
-    result = CliRunner().invoke(main, ["import", str(REFERENCE), "--submissions", str(tmp_path)])
+    result = CliRunner().invoke(
+        main, ["import", str(REFERENCE), "--submissions", str(tmp_path), "--commit", COMMIT]
+    )
     lines = result.output.splitlines()
     imported = [line for line in lines if line.startswith("imported ")]
     refused = [line for line in lines if line.startswith("cannot import: ")]
@@ -36,6 +42,102 @@ def test_every_reference_experiment_converts_or_says_why(tmp_path: Path) -> None
     for path in written:  # each one passes the full manifest checks where it was written
         resolve(path)
     assert result.exit_code == 0 and "104 of 104 experiments converted" in result.output
+    # and every published result file as a claim beside its manifest
+    assert "94 of 94 result files imported as claims" in result.output
+    claims = sorted(tmp_path.glob("*/*/*/claims/*.json"))
+    assert len(claims) == 94
+    assert sum(c.parts[-5] == "metamathqa" for c in claims) == 63
+    for path in claims:
+        doc = json.loads(path.read_bytes())
+        schemas.check(doc, schemas.CLAIM, str(path))
+        source = REFERENCE / Path(doc["source"]["path"]).relative_to("method_comparison")
+        assert doc["source"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+        assert doc["submission"]["manifest_sha256"] == resolve(path.parent.parent / "manifest.json").sha256
+    again = CliRunner().invoke(
+        main, ["import", str(REFERENCE), "--submissions", str(tmp_path), "--commit", COMMIT]
+    )
+    assert again.exit_code == 0 and again.output.count("already imported") == 104 + 94, again.output[-1000:]
+
+
+@needs_reference
+def test_a_claim_holds_what_the_file_says_and_nothing_else(tmp_path: Path) -> None:
+    track = _track(tmp_path)
+    out = tmp_path / "submissions"
+    result = CliRunner().invoke(
+        main, ["import", str(track / "results"), "--submissions", str(out), "--commit", COMMIT]
+    )
+    assert result.exit_code == 0, result.output
+    (claim,) = (out / "metamathqa/lora/llama-3.2-3b-rank32/claims").iterdir()
+    doc = json.loads(claim.read_bytes())
+    theirs = json.loads((track / "results" / RESULT).read_bytes())
+    last = theirs["train_info"]["metrics"][-1]
+    m = doc["metrics"]
+    assert m["test_accuracy"] == last["test accuracy"] and m["forgetting_same_position"] == last["forgetting"]
+    assert m["peak_memory_bytes"] == theirs["train_info"]["accelerator_memory_max"]
+    assert m["trainable_params"] == theirs["train_info"]["num_trainable_params"]
+    assert "forgetting" not in m and "drift" not in m  # their forgetting is the same-position one
+    assert doc["environment"]["accelerator"] == "NVIDIA L40S"
+    assert doc["source"] == {
+        "repository": "huggingface/peft",
+        "commit": COMMIT,
+        "path": f"method_comparison/MetaMathQA/results/{RESULT}",
+        "sha256": hashlib.sha256((track / "results" / RESULT).read_bytes()).hexdigest(),
+    }
+    assert "(and its manifest)" in result.output  # the experiment was not in the tree yet
+
+
+@needs_reference
+def test_bad_result_files_are_one_line_refusals_that_write_nothing(tmp_path: Path) -> None:
+    track = _track(tmp_path)
+    good = json.loads((track / "results" / RESULT).read_bytes())
+    failed = json.loads(json.dumps(good))
+    failed["train_info"]["status"] = "failed"
+    typed = json.loads(json.dumps(good))
+    typed["train_info"]["num_trainable_params"] = "many"
+    nan = json.loads(json.dumps(good))
+    nan["train_info"]["metrics"][-1]["test accuracy"] = float("nan")
+    ghost = json.loads(json.dumps(good))
+    ghost["run_info"]["experiment_name"] = "lora/no-such-experiment"
+    other = json.loads(json.dumps(good))
+    other["run_info"]["peft_config"]["r"] = 16
+    cases = {
+        b'{"run_info": {"experiment_name": "lora/llama': "not valid JSON",
+        json.dumps(nan).encode(): "/train_info/metrics/20/test accuracy: not a finite number",
+        b'{"pad": "' + b"x" * 100_000_000 + b'"}': "at most 1000000 are accepted",
+        json.dumps(typed).encode(): "/train_info/num_trainable_params: expected a number, got str",
+        json.dumps(failed).encode(): "/train_info/status: 'failed'; only a successful run claims figures",
+        json.dumps(ghost).encode(): "its experiment lora/no-such-experiment does not exist",
+        json.dumps(other).encode(): "the config it ran differs from",
+    }
+    out = tmp_path / "submissions"
+    for data, message in cases.items():
+        (track / "results" / RESULT).write_bytes(data)
+        result = CliRunner().invoke(
+            main, ["import", str(track / "results" / RESULT), "--submissions", str(out), "--commit", COMMIT]
+        )
+        refusals = [line for line in result.output.splitlines() if line.startswith("cannot import: ")]
+        assert result.exit_code == 2 and len(refusals) == 1 and message in refusals[0], result.output
+        assert "Traceback" not in result.output and not out.exists()
+    assert "peft_config.r (ours 32, theirs 16)" in refusals[0]
+    (track / "results" / RESULT).write_bytes(json.dumps(good).encode())
+    no_commit = CliRunner().invoke(main, ["import", str(track / "results"), "--submissions", str(out)])
+    assert no_commit.exit_code == 2 and "needs --commit" in no_commit.output and not out.exists()
+
+
+RESULT = "lora--llama-3.2-3B-rank32.json"
+
+
+def _track(tmp_path: Path) -> Path:
+    """A MetaMathQA track holding one experiment (LoRA rank 32) and its published result."""
+    track = tmp_path / "method_comparison" / "MetaMathQA"
+    shutil.copytree(
+        REFERENCE / "MetaMathQA" / "experiments" / "lora" / "llama-3.2-3B-rank32",
+        track / "experiments" / "lora" / "llama-3.2-3B-rank32",
+    )
+    shutil.copy(REFERENCE / "MetaMathQA" / "default_training_params.json", track)
+    (track / "results").mkdir()
+    shutil.copy(REFERENCE / "MetaMathQA" / "results" / RESULT, track / "results")
+    return track
 
 
 @needs_reference
@@ -96,7 +198,11 @@ def test_hostile_or_broken_experiments_are_one_line_refusals(tmp_path: Path) -> 
         convert(fixed)
 
     missing = CliRunner().invoke(main, ["import", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 2 and "no such folder" in missing.output and "Traceback" not in missing.output
+    assert (
+        missing.exit_code == 2
+        and "no such file or folder" in missing.output
+        and "Traceback" not in missing.output
+    )
 
 
 def test_an_existing_submission_is_never_overwritten(tmp_path: Path) -> None:
@@ -107,5 +213,9 @@ def test_an_existing_submission_is_never_overwritten(tmp_path: Path) -> None:
     path = out / "metamathqa" / "lora" / "mine" / "manifest.json"
     before = path.read_bytes()
     again = CliRunner().invoke(main, ["import", str(folder), "--submissions", str(out)])
+    assert again.exit_code == 0 and "already imported" in again.output  # the same manifest: nothing to do
+    path.write_bytes(before.replace(b'"q_proj"', b'"k_proj"'))
+    edited = path.read_bytes()
+    again = CliRunner().invoke(main, ["import", str(folder), "--submissions", str(out)])
     assert again.exit_code == 2 and "never overwritten" in again.output
-    assert path.read_bytes() == before
+    assert path.read_bytes() == edited
