@@ -105,6 +105,11 @@ def parse_seeds(ctx: click.Context, param: click.Parameter, value: str | None) -
     try:
         seeds = [int(s) for s in value.split(",") if s.strip()]
     except ValueError:
+        if Path(value).exists():  # `run --seeds PATH`: the path was taken as the option's value
+            raise click.BadParameter(
+                f"took {value!r} as its value; for the task's corpus seeds put it after the paths "
+                f"(`peftrepro {ctx.info_name} {value} --seeds`), or give seeds (`--seeds 0,1,2`)"
+            ) from None
         raise click.BadParameter(f"expected comma-separated integers such as 0,1,2, got {value!r}") from None
     if not seeds or any(not 0 <= s < 2**31 for s in seeds) or len(set(seeds)) != len(seeds):
         raise click.BadParameter(f"expected distinct integers in [0, 2^31), got {value!r}")

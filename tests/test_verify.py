@@ -196,6 +196,7 @@ def test_seeds_all_seeds_and_seed_choice(write_manifest) -> None:
     ("args", "message"),
     [
         (["run", "X", "--seeds", "0,a"], "comma-separated integers"),
+        (["run", "--seeds", "X"], "for the task's corpus seeds put it after the paths"),
         (["run", "X", "--seeds", "1,1"], "distinct integers"),
         (["run", "X", "--seed", "1", "--seeds", "1,2"], "not both"),
         (["verify"], "give --all or --changed-since"),
