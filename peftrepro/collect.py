@@ -33,6 +33,7 @@ from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import (
+    CLAIMS_DIR,
     RECORD_SCHEMA_VERSION,
     RUNS_DIR,
     VERIFICATIONS_DIR,
@@ -83,6 +84,25 @@ class StoredSweep:
     sha256: str
 
 
+@dataclass(frozen=True)
+class StoredClaim:
+    """A published claim (claims/<id>.json, published.py), schema-checked and bound to its folder
+    and to the current manifest; its fields stay a JSON object."""
+
+    path: Path
+    data: dict[str, Any]
+    sha256: str
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        metrics: dict[str, Any] = self.data["metrics"]
+        return metrics
+
+    @property
+    def accelerator(self) -> str:
+        return str(self.data["environment"]["accelerator"])
+
+
 @dataclass
 class Submission:
     folder: Path
@@ -95,6 +115,7 @@ class Submission:
     stale_reason: str | None = None
     verifications: dict[str, StoredVerification] = field(default_factory=dict)  # claim run_id -> newest
     sweep: StoredSweep | None = None  # sweep.json, schema-valid and for this folder
+    published: list[StoredClaim] = field(default_factory=list)  # claims of the current manifest, by id
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
@@ -163,7 +184,35 @@ def load_submission(folder: Path, signers: Path | None = None) -> Submission:
     if sub.claims and sub.manifest is not None:
         _load_verifications(sub, signers or signers_file(folder.resolve().parents[2]))
     _load_sweep(sub)
+    if sub.manifest is not None:
+        _load_claims(sub)
     return sub
+
+
+def _load_claims(sub: Submission) -> None:
+    assert sub.manifest is not None
+    version = get_task(sub.manifest.task).version if sub.manifest.task in task_names() else None
+    for path in reversed(_files(sub.folder / CLAIMS_DIR, sub.ignored)):  # oldest first: by name
+        try:
+            data, sha = _read(path)
+            schemas.check(data, schemas.CLAIM, str(path), InputError)
+        except (JSONReadError, OSError) as e:
+            sub.ignored.append((path, str(e)))
+            continue
+        except InputError as e:
+            sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
+            continue
+        s = data["submission"]
+        if data["claim_id"] != path.stem:
+            sub.ignored.append((path, "claim_id does not match the file name"))
+        elif (s["task"], s["method"], s["name"]) != sub.key:
+            sub.ignored.append(
+                (path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder")
+            )
+        elif s["manifest_sha256"] != sub.manifest.sha256 or s["task_version"] != version:
+            sub.ignored.append((path, "a claim about an earlier manifest or task version: not shown"))
+        else:
+            sub.published.append(StoredClaim(path, data, sha))
 
 
 def _load_sweep(sub: Submission) -> None:

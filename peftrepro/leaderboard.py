@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from peftrepro import stats
-from peftrepro.collect import Stored, Submission
+from peftrepro.collect import Stored, StoredClaim, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
 from peftrepro.metrics import CHECK_MARKS, CHECKS
 from peftrepro.stats import Interval, Paired
@@ -35,6 +35,10 @@ STATUSES = {
     "failed": "the newest run of the current manifest failed and none succeeded",
     "stale": "only records of an earlier manifest, task version or record format exist (reason given)",
     "superseded": "a newer submission declares `supersedes` for it: shown under History",
+    "published": (
+        "figures from a published result file (claims/, `peftrepro import`), not re-run here: one "
+        "run on the accelerator named, no interval, tier or verification; never on the front"
+    ),
     "awaiting_run": "a valid manifest with no run yet (a GPU track's imported experiments, say)",
 }
 
@@ -76,6 +80,7 @@ class Row:
     tier: int | None = None  # 1: not significantly worse than the best row
     versus: Paired | None = None  # against the task's reference row, same seeds and items
     front_unsure: str | None = None  # on the front by its mean, not significantly above this cheaper row
+    published: list[StoredClaim] = field(default_factory=list)  # published claims of its manifest
 
     def value(self, key: str) -> float:
         s = self.stats.get(key)
@@ -112,10 +117,13 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
     elif sub.latest is None and sub.stale is not None:
         row = Row(sub, "stale", [sub.stale], note=sub.stale_reason or "")
         verdicts = {}
+    elif (sub.latest is None or sub.latest.record.status == "cancelled") and sub.published:
+        return published_row(sub, score_key, prior_key)
     elif sub.latest is None or sub.latest.record.status == "cancelled":
         return Row(sub, "awaiting_run", [])
     else:
         return None
+    row.published = sub.published
     row.checks = checks_cell(row.records)
     for key in (score_key, "base_" + score_key, prior_key, *SHOWN):
         row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
@@ -140,6 +148,17 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         )
     elif row.verified_seeds:
         row.status = "verified"
+    return row
+
+
+def published_row(sub: Submission, score_key: str, prior_key: str) -> Row:
+    """A row from published claims alone: each figure is the mean over the claims that have it
+    (one claim: its value). A figure measured another way (their forgetting) is not put in ours'
+    column: the row's note gives it."""
+    row = Row(sub, "published", [], published=sub.published)
+    for key in (score_key, prior_key, *SHOWN):
+        found = [v for c in sub.published if (v := c.metrics.get(key)) is not None]
+        row.stats[key] = stat(found) if found else None
     return row
 
 
@@ -251,7 +270,8 @@ def task_rows(subs: list[Submission], task: str) -> list[Row]:
         "failed": 3,
         "stale": 4,
         "superseded": 5,
-        "awaiting_run": 6,
+        "published": 6,
+        "awaiting_run": 7,
     }
     rows.sort(key=lambda r: (order[r.status], -finite(r.value(t.score_key)), r.sub.key))
     return rows

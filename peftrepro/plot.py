@@ -88,6 +88,13 @@ def task_plot(task_name: str, rows: list[Row], fmt: str = "svg") -> bytes:
                 "none",
                 "o",
             ),
+            (  # the label is ours: an accelerator's name from a claim could hold mathtext ($...$)
+                "published, not re-run (their accelerator)",
+                [p for p in pts if p[0].status == "published"],
+                "#888888",
+                "none",
+                "^",
+            ),
             (
                 "flagged / not reproduced",
                 [p for p in pts if p[0].status in ("flagged", "not_reproduced")],

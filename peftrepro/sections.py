@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from peftrepro.collect import Stored, Submission
+from peftrepro.collect import Stored, StoredClaim, Submission
 from peftrepro.leaderboard import (
     STATUSES,
     Row,
@@ -41,7 +41,10 @@ def ignored_line(path: Path, why: str, root: Path, root_rel: str) -> str:
 
 
 def records_cell(row: Row, root_rel: str) -> str:
-    links = []
+    links = [
+        f"[published]({link(root_rel, *row.sub.key, c.path.relative_to(row.sub.folder).as_posix())})"
+        for c in row.published
+    ]
     for r in row.records:
         seed = r.record.seed
         rel = r.path.relative_to(row.sub.folder).as_posix()
@@ -58,6 +61,8 @@ def submission_cell(row: Row, root_rel: str) -> str:
 def status_cell(row: Row) -> str:
     if row.status == "verified":
         return f"verified ({len(row.verified_seeds)}/{len(row.records)} seeds, by {', '.join(row.verifiers)})"
+    if row.status == "published":
+        return "published (not re-run)"
     return row.status.replace("_", " ")
 
 
@@ -81,6 +86,7 @@ def row_note(row: Row) -> str:
     figures are the contributor's word), and re-runs that no listed verifier signed; and what its
     interval and tier rest on."""
     parts = [row.note] if row.note else []
+    parts += [published_note(row, c) for c in row.published]
     if len(row.outcomes) == 1:
         parts.append("one seed: its interval counts test items only; no tier or paired test")
     if row.front_unsure:
@@ -94,6 +100,22 @@ def row_note(row: Row) -> str:
         for seed, what in row.unsigned.items()
     ]
     return "; ".join(parts)
+
+
+def published_note(row: Row, claim: StoredClaim) -> str:
+    """Where a published figure comes from, what it is, and how it compares with our records."""
+    src, m = claim.data["source"], claim.metrics
+    score_key = get_task(row.sub.key[0]).score_key
+    theirs = m.get(score_key)
+    said = f"published {theirs:.3f}" if isinstance(theirs, int | float) else "published"
+    where = f"{src['repository']}@{src['commit'][:12]}, {src['path'].rsplit('/', 1)[-1]}"
+    said += f" on {claim.accelerator} ({where})"
+    if "forgetting_same_position" in m:
+        said += f"; their forgetting (same-position definition) {m['forgetting_same_position']:.3f}"
+    ours = row.stats.get(score_key) if row.records else None
+    if ours is not None and isinstance(theirs, int | float):
+        said += f"; ours − theirs {ours.mean - theirs:+.3f}"
+    return said
 
 
 def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
@@ -110,7 +132,7 @@ def main_table(t: Task, rows: list[Row], root_rel: str) -> list[str]:
             fmt_stat(r.stats.get(t.score_key), ".3f"),
             interval_cell(r),
             "–" if r.tier is None else str(r.tier),
-            str(len(r.records)) if r.status not in ("failed", "awaiting_run") else "–",
+            str(len(r.records)) if r.status not in ("failed", "awaiting_run", "published") else "–",
             fmt_stat(r.stats.get(t.prior_key), prior_format(t.prior_key)),
             fmt_bytes(r.stats.get("peak_memory_bytes")),
             fmt_seconds(r.stats.get("train_seconds")),

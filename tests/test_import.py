@@ -219,3 +219,36 @@ def test_an_existing_submission_is_never_overwritten(tmp_path: Path) -> None:
     again = CliRunner().invoke(main, ["import", str(folder), "--submissions", str(out)])
     assert again.exit_code == 2 and "never overwritten" in again.output
     assert path.read_bytes() == edited
+
+
+@needs_reference
+def test_a_published_claim_is_a_row_of_its_own_kind_on_the_page(tmp_path: Path) -> None:
+    """The page shows an imported result as `published (not re-run)`, with its figures, its source and
+    accelerator, off the front; a claim edited by hand stops counting and is listed."""
+    from peftrepro.pages import render
+
+    track = _track(tmp_path)
+    out = tmp_path / "submissions"
+    assert (
+        CliRunner()
+        .invoke(main, ["import", str(track), "--submissions", str(out), "--commit", COMMIT])
+        .exit_code
+        == 0
+    )
+    files, problems = render(out, tmp_path / "leaderboard")
+    page = files["metamathqa.md"].decode()
+    row = next(
+        line for line in page.splitlines() if "lora/llama-3.2-3b-rank32]" in line and "| published" in line
+    )
+    assert "| published (not re-run) | 0.478 |" in row and "★" not in row and problems == []
+    assert (
+        "published 0.478 on NVIDIA L40S (huggingface/peft@5d602fdbff04, lora--llama-3.2-3B-rank32.json)"
+        in page
+    )
+    (claim,) = (out / "metamathqa/lora/llama-3.2-3b-rank32/claims").iterdir()
+    doc = json.loads(claim.read_bytes())
+    doc["submission"]["manifest_sha256"] = "0" * 64  # a claim moved onto another manifest
+    claim.write_text(json.dumps(doc))
+    files, problems = render(out, tmp_path / "leaderboard")
+    assert "published (not re-run)" not in files["metamathqa.md"].decode()
+    assert problems == [f"{claim}: a claim about an earlier manifest or task version: not shown"]
