@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
+from peftrepro import stats
 from peftrepro.collect import Stored, StoredClaim, Submission
 from peftrepro.leaderboard import (
     STATUSES,
@@ -24,7 +25,6 @@ from peftrepro.leaderboard import (
     metrics_of,
     table,
 )
-from peftrepro.methods import FAMILIES
 from peftrepro.metrics import CHECKS, METRICS_BY_KEY, prior_format
 from peftrepro.stats import ALPHA, MIN_SEEDS, Paired
 from peftrepro.sweep import rate_summary, swept_config_sha256
@@ -303,16 +303,9 @@ def samples_section(score_key: str, rows: list[Row], root_rel: str) -> list[str]
     return lines
 
 
-def _norm(method: str) -> str:
-    """A method folder name in a form both spellings share; LoRA variants (dora, rslora, lora-fa)
-    count as lora, as the public comparison files them under lora/."""
-    family = FAMILIES.get(method)
-    return "lora" if family and family.peft_type == "LORA" else method.replace("-", "").replace("_", "")
-
-
-def comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[str]:
-    """Who leads on each axis (from the rows' means), and the ranking against the task's public
-    reference, when it has one."""
+def comparison_section(task_name: str, rows: list[Row], root_rel: str, published: list[Row]) -> list[str]:
+    """Who leads on each axis (from the rows' means), and the ranking against the published
+    results of the task's `published_task` (`published`: that task's rows with claims)."""
     t = get_task(task_name)
     prior = METRICS_BY_KEY[t.prior_key]
     ranked = [r for r in rows if r.status in ("verified", "claimed")]
@@ -336,7 +329,9 @@ def comparison_section(task_name: str, rows: list[Row], root_rel: str) -> list[s
         known.sort(key=lambda r: (-r.value(key) if higher else r.value(key), r.sub.key))
         best = ", ".join(f"{submission_cell(r, root_rel)} {fmt(r.stats.get(key))}" for r in known[:5])
         lines.append(f"- {label} {'↑' if higher else '↓'}: {best or '–'}")
-    return lines + significance_section(t, ranked, root_rel) + public_reference_section(t, ranked, root_rel)
+    return (
+        lines + significance_section(t, ranked, root_rel) + published_section(t, ranked, published, root_rel)
+    )
 
 
 def significance_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]:
@@ -384,41 +379,62 @@ def significance_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]
     return lines + table(headers, body)
 
 
-def public_reference_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]:
-    """Our best row per method against the task's public reference, when it has one."""
-    ref = t.public_reference
-    if ref is None:
+def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel: str) -> list[str]:
+    """Our best row per method family against the best published figure per family of the task
+    this one is read against (its claims, `peftrepro import`): the two rankings and their Spearman
+    correlation over the families both have, and the families only one side has."""
+    if t.published_task is None or not published:
         return []
-    lines: list[str] = []
-    best_of: dict[str, Row] = {}
+    pt = get_task(t.published_task)
+    theirs: dict[str, tuple[float, Row]] = {}
+    for r in published:
+        for c in r.published:
+            score = c.metrics.get(pt.score_key)
+            family = r.sub.key[1]
+            if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
+                theirs[family] = (float(score), r)
+    ours: dict[str, Row] = {}
     for r in ranked:
-        family, score = r.sub.key[1], r.value(t.score_key)
-        if family in ref.scores and (family not in best_of or score > best_of[family].value(t.score_key)):
-            best_of[family] = r
-    body = []
-    for family, (exp, theirs) in ref.scores.items():
-        mine = best_of.get(family)
-        here = (
-            f"{submission_cell(mine, root_rel)} {fmt_stat(mine.stats.get(t.score_key), '.3f')}"
-            if mine
-            else "–"
-        )
-        body.append([md(family), f"{theirs:.3f} ({md(exp)})", here])
-    lines += ["", f"Against {ref.title}: {ref.metric}, from `{ref.source}`.", ""]
-    lines += table(["method", "theirs", "here (best row)"], body)
-    shared = [f for f in ref.scores if f in best_of]
-    if len(shared) > 1:
-        theirs_order = sorted(shared, key=lambda f: -ref.scores[f][1])
-        ours_order = sorted(shared, key=lambda f: -best_of[f].value(t.score_key))
-        same = "the same order" if theirs_order == ours_order else "a different order"
-        lines += ["", f"Their order: {' > '.join(theirs_order)}; here: {' > '.join(ours_order)} ({same})."]
-    ours = {_norm(r.sub.key[1]) for r in ranked}
-    theirs_all = {_norm(m) for m in ref.methods}
-    missing = [m for m in ref.methods if _norm(m) not in ours]
-    extra = sorted({r.sub.key[1] for r in ranked if _norm(r.sub.key[1]) not in theirs_all})
+        family = r.sub.key[1]
+        if family not in ours or r.value(t.score_key) > ours[family].value(t.score_key):
+            ours[family] = r
+    shared = sorted((f for f in theirs if f in ours), key=lambda f: (-theirs[f][0], f))
+    sources = sorted(
+        {
+            f"{c.data['source']['repository']}@{c.data['source']['commit'][:12]}"
+            for r in published
+            for c in r.published
+        }
+    )
+    accelerators = sorted({c.accelerator for r in published for c in r.published})
+    lines = [
+        "",
+        f"Against the published results of `{pt.name}` ({md(', '.join(sources))}, on "
+        f"{md(', '.join(accelerators))}; {METRICS_BY_KEY[pt.score_key].label}, best experiment per method "
+        "family), read from their claims:",
+        "",
+    ]
+    body = [
+        [
+            md(f),
+            f"{theirs[f][0]:.3f} ({submission_cell(theirs[f][1], root_rel)})",
+            f"{submission_cell(ours[f], root_rel)} {fmt_stat(ours[f].stats.get(t.score_key), '.3f')}",
+        ]
+        for f in shared
+    ]
+    lines += (
+        table(["method", "published (best)", "here (best row)"], body)
+        if body
+        else ["No method family on both sides."]
+    )
+    if len(shared) >= 3:
+        rho = stats.spearman([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
+        lines += ["", f"Spearman rank correlation over these {len(shared)} families: {rho:.2f}."]
+    missing = sorted(f for f in theirs if f not in ours)
+    extra = sorted(f for f in ours if f not in theirs)
     lines += [
         "",
-        f"Their methods without a verified or claimed row here ({len(missing)} of {len(ref.methods)}): "
+        f"Their methods without a verified or claimed row here ({len(missing)} of {len(theirs)}): "
         f"{md(', '.join(missing), 2000) or '–'}.",
         f"Rows here whose method they do not run: {md(', '.join(extra), 2000) or '–'}.",
     ]

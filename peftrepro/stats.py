@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import scipy.special
+import scipy.stats
 
 ALPHA = 0.05
 MIN_SEEDS = 2  # common seeds a paired test needs
@@ -253,6 +254,11 @@ def _blocks(rows: Mapping[str, Mapping[int, np.ndarray]]) -> list[_Block]:
         )
         for (seeds, lengths), keys in groups.items()
     ]
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation of two paired lists (ties get average ranks; scipy's)."""
+    return float(scipy.stats.spearmanr(a, b).statistic)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -6,9 +6,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
+from peftrepro.jsonio import pretty_bytes
+from peftrepro.manifest import ResolvedManifest
+from peftrepro.tasks import get_task
 from tests.synthetic import (
     PASSED_CHECKS,
     manifest_doc,
@@ -251,6 +256,44 @@ def build(root: Path) -> None:
     orphan = write_manifest(root, manifest_doc("dora", "gone", {**LORA, "use_dora": True}))
     save(orphan.folder, "runs", record(orphan, 0, run_id(3, 0, 70)))
     (orphan.folder / "manifest.json").unlink()
+
+    # the GPU track this one stands in for: three published results (claims), one per method, never run
+    # here; the arithmetic page's comparison reads them
+    for method, name, peft, score in (
+        ("lora", "r32", {"peft_type": "LORA", "r": 32, "target_modules": ["q_proj", "v_proj"]}, 0.478),
+        ("ia3", "default", {"peft_type": "IA3"}, 0.398),
+        ("hra", "r32", {"peft_type": "HRA", "r": 32}, 0.41),
+    ):
+        m = write_manifest(root, {**manifest_doc(method, name, peft), "task": "metamathqa"})
+        claim = published_claim(m, f"{method}--llama-3.2-3B-{name}", test_accuracy=score)
+        path = m.folder / "claims" / f"{claim['claim_id']}.json"
+        path.parent.mkdir()
+        path.write_bytes(pretty_bytes(claim))
+
+
+def published_claim(m: ResolvedManifest, stem: str, **metrics: float) -> dict[str, Any]:
+    """A claim as `peftrepro import` writes one for a result file named `stem`.json (its sha256 made up)."""
+    sha = hashlib.sha256(stem.encode()).hexdigest()
+    return {
+        "schema_version": 1,
+        "claim_id": f"{stem.lower()}-{sha[:12]}",
+        "submission": {
+            "task": m.task,
+            "task_version": get_task(m.task).version,
+            "method": m.method,
+            "name": m.name,
+            "manifest_sha256": m.sha256,
+        },
+        "source": {
+            "repository": "huggingface/peft",
+            "commit": "5d602fdbff04c33c1c4de55cda9d4ae1d7cb7e40",
+            "path": f"method_comparison/MetaMathQA/results/{stem}.json",
+            "sha256": sha,
+        },
+        "experiment": stem.replace("--", "/"),
+        "metrics": {"peak_memory_bytes": 20 * GiB, "forgetting_same_position": 0.05, **metrics},
+        "environment": {"accelerator": "NVIDIA L40S"},
+    }
 
 
 def read(path: Path) -> dict:

@@ -85,8 +85,13 @@ def test_golden_rows_have_the_expected_statuses() -> None:
     assert "[lokr/v2]" in stale and "record format v2 (this toolkit reads v1)" in stale
     compare = text.split("## How the methods compare")[1].split("## History")[0]
     assert compare.count("- ") >= 4 and "- test acc. ↑: [lora/r8]" in compare  # leaders, best first
-    assert "Their order: lora > ia3; here: lora > ia3 (the same order)." in compare
-    assert "Rows here whose method they do not run: hra." in compare
+    # against the published results of the track it stands in for: read from that track's claims
+    assert "| lora | 0.478 ([lora/r32](../submissions/metamathqa/lora/r32/manifest.json)) |" in compare
+    assert "Spearman rank correlation over these 3 families: 1.00." in compare
+    assert "Rows here whose method they do not run: loha, lokr." in compare
+    gpu = (EXPECTED / "metamathqa.md").read_text()
+    published = [line for line in gpu.splitlines() if "| published (not re-run) |" in line]
+    assert len(published) == 3 and not any(line.startswith("| ★") for line in published)
     history = text.split("## History")[1].split("##")[0]
     assert "[lokr/old]" in history and "superseded by lokr/r4" in history
     front = {k.split("]")[0].lstrip("[") for k, v in table.items() if v.startswith(("| ★", "| ☆"))}

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 from peftrepro.errors import UsageError
 from peftrepro.tasks.arithmetic import ArithmeticTask
-from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
 from peftrepro.tasks.digits import DigitsTask
 from peftrepro.tasks.imagegen import ImageGenTask
 from peftrepro.tasks.metamathqa import MetaMathQATask
 
-__all__ = ["Prepared", "Probe", "PublicReference", "Task", "get_task", "quiet_model_loading", "register"]
+__all__ = ["Prepared", "Probe", "Task", "get_task", "quiet_model_loading", "register"]
 
 _FACTORIES: dict[str, Callable[[], Task]] = {}
 _INSTANCES: dict[str, Task] = {}

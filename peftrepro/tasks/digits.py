@@ -316,6 +316,7 @@ class ImageBatch:
 
 class DigitsTask(Task):
     name = "digits"
+    published_task = "image-gen"  # the GPU track this one stands in for
     version = "1"
     base_model_id = "peftrepro/digits-unet (built by a pinned recipe)"
     peft_task_type = None

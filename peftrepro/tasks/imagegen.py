@@ -36,7 +36,7 @@ from peftrepro.jsonio import canonical_sha256
 from peftrepro.measure import device_for_run
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.runconfig import TrainingConfig
-from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
 from peftrepro.tasks.hub import Pinned, hub_load_errors, load_pinned_dataset
 
 # Revisions from the public comparison's result files (../shared/reference/README.md). DINOv2's is
@@ -148,15 +148,6 @@ class ImageBatch:
     units: int = field(default=0)
 
 
-PUBLIC_IMAGE_GEN = PublicReference(
-    title="the public PEFT method comparison, image track (FLUX.2-klein-base-4B, 750 steps)",
-    source="huggingface/peft method_comparison/image-gen/results @ 5d602fdbff04",
-    metric="DINOv2 similarity to the held-out photos",
-    scores={"lora": ("lora--flux2-klein-default", 0.6972)},
-    methods=(),
-)
-
-
 class ImageGenTask(Task):
     name = "image-gen"
     version = "1"
@@ -165,7 +156,7 @@ class ImageGenTask(Task):
     score_key = "test_concept_score"
     prior_key = "drift"
     throughput_key = "images_per_second"
-    public_reference: PublicReference | None = PUBLIC_IMAGE_GEN
+    published_task: str | None = "image-gen"
     accelerator = "cuda"
     num_threads = 8
     dtypes = ("bfloat16", "float32", "float16")

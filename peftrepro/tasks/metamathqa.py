@@ -29,8 +29,7 @@ from peftrepro.errors import UsageError
 from peftrepro.jsonio import canonical_sha256
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.runconfig import TrainingConfig
-from peftrepro.tasks.arithmetic import METAMATHQA as PUBLIC_METAMATHQA
-from peftrepro.tasks.base import Prepared, Probe, PublicReference, Task, quiet_model_loading
+from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
 from peftrepro.tasks.hub import Pinned, hub_load_errors, load_pinned_dataset
 from peftrepro.tasks.text import TextBatch
 
@@ -175,7 +174,7 @@ class MetaMathQATask(Task):
     base_model_id = MODEL.id
     peft_task_type = "CAUSAL_LM"
     score_key = "test_accuracy"
-    public_reference: PublicReference | None = PUBLIC_METAMATHQA
+    published_task: str | None = "metamathqa"
     accelerator = "cuda"
     num_threads = 8  # CPU threads for data and host work; results are not bit-exact on GPUs anyway
     dtypes = ("bfloat16", "float32", "float16", "int8", "int4")
