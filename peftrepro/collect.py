@@ -189,27 +189,39 @@ def load_submission(folder: Path, signers: Path | None = None) -> Submission:
     return sub
 
 
+def _read_owned(sub: Submission, path: Path, schema: str) -> tuple[dict[str, Any], str] | None:
+    """A JSON file of this submission (sweep.json, a claim): its object and sha256 when it reads,
+    passes `schema` and names this folder's task/method/name; otherwise None, the reason listed."""
+    try:
+        data, sha = _read(path)
+        schemas.check(data, schema, str(path), InputError)
+    except (JSONReadError, OSError) as e:
+        sub.ignored.append((path, str(e)))
+        return None
+    except InputError as e:
+        sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
+        return None
+    s = data["submission"]
+    if (s["task"], s["method"], s["name"]) != sub.key:
+        sub.ignored.append((path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder"))
+        return None
+    return data, sha
+
+
 def _load_claims(sub: Submission) -> None:
     assert sub.manifest is not None
     version = get_task(sub.manifest.task).version if sub.manifest.task in task_names() else None
     for path in reversed(_files(sub.folder / CLAIMS_DIR, sub.ignored)):  # oldest first: by name
-        try:
-            data, sha = _read(path)
-            schemas.check(data, schemas.CLAIM, str(path), InputError)
-        except (JSONReadError, OSError) as e:
-            sub.ignored.append((path, str(e)))
+        owned = _read_owned(sub, path, schemas.CLAIM)
+        if owned is None:
             continue
-        except InputError as e:
-            sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
-            continue
-        s = data["submission"]
+        data, sha = owned
         if data["claim_id"] != path.stem:
             sub.ignored.append((path, "claim_id does not match the file name"))
-        elif (s["task"], s["method"], s["name"]) != sub.key:
-            sub.ignored.append(
-                (path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder")
-            )
-        elif s["manifest_sha256"] != sub.manifest.sha256 or s["task_version"] != version:
+        elif (
+            data["submission"]["manifest_sha256"] != sub.manifest.sha256
+            or data["submission"]["task_version"] != version
+        ):
             sub.ignored.append((path, "a claim about an earlier manifest or task version: not shown"))
         else:
             sub.published.append(StoredClaim(path, data, sha))
@@ -219,20 +231,9 @@ def _load_sweep(sub: Submission) -> None:
     path = sub.folder / SWEEP_FILE
     if not path.exists() and not path.is_symlink():
         return
-    try:
-        data, sha = _read(path)
-        schemas.check(data, schemas.SWEEP, str(path), InputError)
-    except (JSONReadError, OSError) as e:
-        sub.ignored.append((path, str(e)))
-        return
-    except InputError as e:
-        sub.ignored.append((path, e.expected if not e.pointer else f"{e.pointer}: {e.expected}"))
-        return
-    s = data["submission"]
-    if (s["task"], s["method"], s["name"]) != sub.key:
-        sub.ignored.append((path, f"belongs to {s['task']}/{s['method']}/{s['name']}, not to this folder"))
-        return
-    sub.sweep = StoredSweep(path, data, sha)
+    owned = _read_owned(sub, path, schemas.SWEEP)
+    if owned is not None:
+        sub.sweep = StoredSweep(path, *owned)
 
 
 def _load_records(sub: Submission) -> None:
