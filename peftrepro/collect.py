@@ -316,8 +316,8 @@ def _bound(sub: Submission, stored: Stored) -> bool:
             (stored.path, f"run_id {safe_text(stored.record.run_id)} does not match the file name")
         )
         return False
-    seed = stored.record.seed
-    if type(seed) is int and f"-s{seed}-" not in stored.record.run_id:
+    seed, name = stored.record.seed, RUN_ID.fullmatch(stored.path.stem)
+    if type(seed) is int and name is not None and int(name.group(1)) != seed:
         sub.ignored.append((stored.path, f"seed {seed} is not the seed its run id names"))
         return False
     return True

@@ -22,7 +22,7 @@ from typing import Any
 
 from peftrepro.errors import EXIT_BAD_INPUT, NotConvertible, PeftreproError
 from peftrepro.jsonio import JSONReadError, read_json, replace_file
-from peftrepro.manifest import resolve
+from peftrepro.manifest import ResolvedManifest, resolve
 from peftrepro.tasks import get_task, task_names
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -287,14 +287,15 @@ def _family(peft_type: str, config: dict[str, Any], optimizer: str) -> str:
     return peft_type.lower().replace("_", "-")
 
 
-def check(imported: Imported, submissions: Path) -> None:
-    """The manifest, as if written under `submissions`, must pass the manifest checks (no model load)."""
+def check(imported: Imported, submissions: Path) -> ResolvedManifest:
+    """The manifest, as if written under `submissions`, must pass the manifest checks (no model load);
+    resolved (its `path` is a temporary one, gone on return)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / imported.relpath
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(imported.manifest, indent=2) + "\n")
         try:
-            resolve(path)
+            return resolve(path)
         except PeftreproError as e:
             raise NotConvertible(f"{imported.experiment}: {str(e).replace(tmp, str(submissions))}") from None
 
@@ -317,8 +318,8 @@ def already_there(imported: Imported, submissions: Path) -> bool:
 
 def write(imported: Imported, submissions: Path) -> Path:
     path = submissions / imported.relpath
-    if already_there(imported, submissions):
-        return path
+    if path.exists():
+        raise NotConvertible(f"{imported.experiment}: {path} exists; a submission is never overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_file(path, manifest_bytes(imported))
     return path

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from peftrepro import stats
-from peftrepro.collect import Stored, StoredClaim, Submission
+from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
 from peftrepro.metrics import CHECK_MARKS, CHECKS
 from peftrepro.stats import Interval, Paired
@@ -80,7 +80,6 @@ class Row:
     tier: int | None = None  # 1: not significantly worse than the best row
     versus: Paired | None = None  # against the task's reference row, same seeds and items
     front_unsure: str | None = None  # on the front by its mean, not significantly above this cheaper row
-    published: list[StoredClaim] = field(default_factory=list)  # published claims of its manifest
 
     def value(self, key: str) -> float:
         s = self.stats.get(key)
@@ -123,7 +122,6 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         return Row(sub, "awaiting_run", [])
     else:
         return None
-    row.published = sub.published
     row.checks = checks_cell(row.records)
     for key in (score_key, "base_" + score_key, prior_key, *SHOWN):
         row.stats[key] = stat([metrics_of(r).get(key) for r in row.records])
@@ -155,7 +153,7 @@ def published_row(sub: Submission, score_key: str, prior_key: str) -> Row:
     """A row from published claims alone: each figure is the mean over the claims that have it
     (one claim: its value). A figure measured another way (their forgetting) is not put in ours'
     column: the row's note gives it."""
-    row = Row(sub, "published", [], published=sub.published)
+    row = Row(sub, "published", [])
     for key in (score_key, prior_key, *SHOWN):
         found = [v for c in sub.published if (v := c.metrics.get(key)) is not None]
         row.stats[key] = stat(found) if found else None

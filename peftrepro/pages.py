@@ -154,7 +154,7 @@ def render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     files = {"README.md": overview(rows_by_task, orphans, root, root_rel).encode()}
     for t in tasks:
         against = get_task(t).published_task
-        published = [r for r in rows_by_task.get(against or "", []) if r.published]
+        published = [r for r in rows_by_task.get(against or "", []) if r.sub.published]
         files[f"{t}.md"] = task_page(t, rows_by_task[t], subs, root, root_rel, published).encode()
         files[f"{t}.svg"] = task_plot(t, rows_by_task[t])
     unknown = [s for s in subs if s.key[0] not in task_names()]

@@ -17,7 +17,6 @@ import hashlib
 import json
 import math
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from peftrepro.importer import (
     DEFAULTS,
     Imported,
     build,
+    check,
     convert,
     find_experiments,
     import_experiments,
@@ -36,7 +36,7 @@ from peftrepro.importer import (
     write,
 )
 from peftrepro.jsonio import JSONReadError, parse_json, pretty_bytes, read_capped, write_new_file
-from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
+from peftrepro.manifest import resolve
 from peftrepro.records import CLAIMS_DIR
 from peftrepro.tasks import get_task
 
@@ -100,7 +100,6 @@ class Claim:
     path: Path  # where it is (or would be) written
     doc: dict[str, Any]
     manifest: Imported | None  # the experiment's manifest, when it is not in the tree yet
-    notes: list[str]
 
 
 def find_results(path: Path) -> list[Path]:
@@ -115,20 +114,17 @@ def find_results(path: Path) -> list[Path]:
     return sorted(f for f in path.rglob(f"{RESULTS}/*.json") if (f.parent.parent / DEFAULTS).is_file())
 
 
-def _get(obj: Any, file: str, *keys: str, kind: type | tuple[type, ...] = object) -> Any:
-    """obj[k1][k2]..., refused with the field's path when missing or not of `kind` (bool is no number)."""
+def _get(obj: Any, file: str, *keys: str, kind: type | tuple[type, ...]) -> Any:
+    """obj[k1][k2]..., refused with the field's path when missing or not of `kind` (numbers: _number)."""
     where = ""
     for key in keys:
         where += f"/{key}"
         if not isinstance(obj, dict) or key not in obj:
             raise NotConvertible(f"{file}: {where}: required field is missing")
         obj = obj[key]
-    numeric = kind in (int, float, (int, float))
-    if (numeric and isinstance(obj, bool)) or not isinstance(obj, kind):
-        name = kind.__name__ if isinstance(kind, type) else "number"
+    if not isinstance(obj, kind):
+        name = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise NotConvertible(f"{file}: {where}: expected {name}, got {type(obj).__name__}")
-    if isinstance(obj, float) and not math.isfinite(obj):
-        raise NotConvertible(f"{file}: {where}: not a finite number")
     return obj
 
 
@@ -144,9 +140,7 @@ def read_result(path: Path) -> tuple[dict[str, Any], bytes]:
     return data, raw
 
 
-def claim_for(
-    path: Path, root: Path, *, repository: str, commit: str, resolved: Callable[[Imported], ResolvedManifest]
-) -> Claim:
+def claim_for(path: Path, root: Path, *, repository: str, commit: str) -> Claim:
     """The claim that the result file at `path` makes about its experiment's manifest under `root`."""
     file = str(path)
     data, raw = read_result(path)
@@ -170,9 +164,12 @@ def claim_for(
     target = root / from_folder.relpath
     new_manifest = None if target.exists() else from_folder
     try:
-        manifest = resolve(target) if new_manifest is None else resolved(from_folder)
+        manifest = resolve(target) if new_manifest is None else check(from_folder, root)
     except PeftreproError as e:
         raise NotConvertible(f"{file}: its manifest {target} does not resolve: {e}") from None
+    track = TRACKS.get(manifest.task)
+    if track is None:
+        raise NotConvertible(f"{file}: the {manifest.task} task has no published results to read")
     ran_config = _get(data, file, "run_info", "peft_config", kind=(dict, type(None)))
     if ran_config is not None:  # what training wrote back into the config is an outcome, not a setting
         ran_config = {
@@ -189,13 +186,12 @@ def claim_for(
         ran_config,
     )
     try:
-        ran_resolved = resolved(ran)
+        ran_resolved = check(ran, root)
     except PeftreproError as e:
         raise NotConvertible(f"{file}: the config it ran does not resolve: {e}") from None
     ours_config, theirs_config = manifest.resolved_config(), ran_resolved.resolved_config()
-    track = TRACKS.get(manifest.task)
     theirs_config["peft_config"] = _as_configured(
-        theirs_config["peft_config"], ours_config["peft_config"], track.model_type if track else None
+        theirs_config["peft_config"], ours_config["peft_config"], track.model_type
     )
     differing = _differences(_sets_sorted(ours_config), _sets_sorted(theirs_config))
     if differing:
@@ -205,16 +201,11 @@ def claim_for(
         )
 
     task = get_task(manifest.task)
-    if track is None:
-        raise NotConvertible(f"{file}: the {task.name} task has no published results to read")
     steps = _get(data, file, "train_info", "metrics", kind=list)
     if not steps or not all(isinstance(s, dict) for s in steps):
         raise NotConvertible(f"{file}: /train_info/metrics: expected a non-empty list of objects")
-    last = len(steps) - 1
-    metrics: dict[str, Any] = {
-        track.test[1]: _number(steps[-1], file, f"/train_info/metrics/{last}", track.test[0])
-    }
-    where = f"/train_info/metrics/{last}"
+    where = f"/train_info/metrics/{len(steps) - 1}"
+    metrics: dict[str, Any] = {track.test[1]: _number(steps[-1], file, where, track.test[0])}
     found = {
         track.prior[1]: _optional(steps[-1], file, where, track.prior[0]),
         "train_loss_final": _optional(steps[-1], file, where, "train loss"),
@@ -268,7 +259,7 @@ def claim_for(
     except InputError as e:
         raise NotConvertible(f"{file}: {e.pointer or '/'}: {e.expected} (as mapped onto a claim)") from None
     folder_out = target.parent / CLAIMS_DIR
-    return Claim(folder_out / f"{claim_id}.json", doc, new_manifest, from_folder.notes)
+    return Claim(folder_out / f"{claim_id}.json", doc, new_manifest)
 
 
 def _number(obj: dict[str, Any], file: str, where: str, key: str) -> float | int:
@@ -285,14 +276,10 @@ def _number(obj: dict[str, Any], file: str, where: str, key: str) -> float | int
 def _optional(obj: dict[str, Any], file: str, where: str, key: str) -> float | int | None:
     """A figure the file may lack: None when absent or not finite (NaN is how their harness writes a
     figure it could not compute); a value of the wrong type is refused."""
-    if key not in obj or obj[key] is None:
+    value = obj.get(key)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return None
-    value = (
-        _number(obj, file, where, key)
-        if not (isinstance(obj[key], float) and not math.isfinite(obj[key]))
-        else None
-    )
-    return value
+    return _number(obj, file, where, key)
 
 
 def _environment(data: dict[str, Any], file: str) -> dict[str, Any]:
@@ -400,54 +387,51 @@ def import_path(
             f"files (<track>/{RESULTS}/*.json)"
         )
     code = import_experiments(path, root, dry_run=dry_run, echo=echo) if experiments else 0
+    if not results:
+        return code
     return max(
-        code, import_results(path, root, repository=repository, commit=commit, dry_run=dry_run, echo=echo)
+        code,
+        import_results(results, path, root, repository=repository, commit=commit, dry_run=dry_run, echo=echo),
     )
 
 
 def import_results(
-    path: Path, root: Path, *, repository: str, commit: str | None, dry_run: bool, echo: Callable[[str], None]
+    files: list[Path],
+    path: Path,
+    root: Path,
+    *,
+    repository: str,
+    commit: str | None,
+    dry_run: bool,
+    echo: Callable[[str], None],
 ) -> int:
-    """`peftrepro import` of result files: a claim for each (and the manifest it needs). Exit 2 if
-    any file was refused; a refused file writes nothing."""
-    files = find_results(path)
-    if not files:
-        return 0
+    """`peftrepro import` of the result `files` found at `path`: a claim for each (and the manifest
+    it needs). Exit 2 if any file was refused; a refused file writes nothing."""
     if commit is None or not COMMIT.fullmatch(commit):
         raise NotConvertible(
             f"{path}: importing published results needs --commit, the 40-hex commit of {repository} "
             "they come from"
         )
     failed = 0
-    with tempfile.TemporaryDirectory(prefix="peftrepro-import-") as tmp:
-
-        def resolved(imported: Imported) -> ResolvedManifest:
-            where = Path(tmp) / f"{len(list(Path(tmp).rglob(MANIFEST_FILE)))}" / imported.relpath
-            where.parent.mkdir(parents=True)
-            where.write_bytes(pretty_bytes(imported.manifest))
-            return resolve(where)
-
-        for f in files:
-            try:
-                claim = claim_for(f, root, repository=repository, commit=commit, resolved=resolved)
-                data = pretty_bytes(claim.doc)
-                if claim.path.exists():
-                    if claim.path.read_bytes() == data:
-                        echo(f"already imported {f.name} -> {claim.path}")
-                        continue
-                    raise NotConvertible(
-                        f"{f}: {claim.path} exists and differs; a claim is never overwritten"
-                    )
-                if not dry_run:
-                    if claim.manifest is not None:
-                        write(claim.manifest, root)
-                    claim.path.parent.mkdir(parents=True, exist_ok=True)
-                    write_new_file(claim.path, data)
-            except NotConvertible as e:
-                failed += 1
-                echo(f"cannot import: {e}")
-                continue
-            made = " (and its manifest)" if claim.manifest is not None else ""
-            echo(f"{'would write' if dry_run else 'wrote'} claim {claim.path}{made}")
+    for f in files:
+        try:
+            claim = claim_for(f, root, repository=repository, commit=commit)
+            data = pretty_bytes(claim.doc)
+            if claim.path.exists():
+                if claim.path.read_bytes() == data:
+                    echo(f"already imported {f.name} -> {claim.path}")
+                    continue
+                raise NotConvertible(f"{f}: {claim.path} exists and differs; a claim is never overwritten")
+            if not dry_run:
+                if claim.manifest is not None:
+                    write(claim.manifest, root)
+                claim.path.parent.mkdir(parents=True, exist_ok=True)
+                write_new_file(claim.path, data)
+        except NotConvertible as e:
+            failed += 1
+            echo(f"cannot import: {e}")
+            continue
+        made = " (and its manifest)" if claim.manifest is not None else ""
+        echo(f"{'would write' if dry_run else 'wrote'} claim {claim.path}{made}")
     echo(f"{len(files) - failed} of {len(files)} result files imported as claims")
     return EXIT_BAD_INPUT if failed else 0

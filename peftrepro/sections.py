@@ -43,7 +43,7 @@ def ignored_line(path: Path, why: str, root: Path, root_rel: str) -> str:
 def records_cell(row: Row, root_rel: str) -> str:
     links = [
         f"[published]({link(root_rel, *row.sub.key, c.path.relative_to(row.sub.folder).as_posix())})"
-        for c in row.published
+        for c in row.sub.published
     ]
     for r in row.records:
         seed = r.record.seed
@@ -86,7 +86,7 @@ def row_note(row: Row) -> str:
     figures are the contributor's word), and re-runs that no listed verifier signed; and what its
     interval and tier rest on."""
     parts = [row.note] if row.note else []
-    parts += [published_note(row, c) for c in row.published]
+    parts += [published_note(row, c) for c in row.sub.published]
     if len(row.outcomes) == 1:
         parts.append("one seed: its interval counts test items only; no tier or paired test")
     if row.front_unsure:
@@ -388,7 +388,7 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
     pt = get_task(t.published_task)
     theirs: dict[str, tuple[float, Row]] = {}
     for r in published:
-        for c in r.published:
+        for c in r.sub.published:
             score = c.metrics.get(pt.score_key)
             family = r.sub.key[1]
             if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
@@ -403,10 +403,10 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
         {
             f"{c.data['source']['repository']}@{c.data['source']['commit'][:12]}"
             for r in published
-            for c in r.published
+            for c in r.sub.published
         }
     )
-    accelerators = sorted({c.accelerator for r in published for c in r.published})
+    accelerators = sorted({c.accelerator for r in published for c in r.sub.published})
     lines = [
         "",
         f"Against the published results of `{pt.name}` ({md(', '.join(sources))}, on "

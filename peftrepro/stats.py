@@ -143,9 +143,8 @@ def _p(effect: np.ndarray, se: np.ndarray, df: np.ndarray) -> np.ndarray:
     """Two-sided p-values of t = effect / se (se 0: 1 when the effect is 0, else 0)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(se > 0, np.abs(effect) / np.where(se > 0, se, 1.0), np.where(effect == 0, 0.0, np.inf))
-    return 2 * scipy.special.stdtr(
-        df, -t
-    )  # = scipy.stats.t.sf(t, df), bit for bit, without its 0.2 ms a call
+    # = 2 * scipy.stats.t.sf(t, df), bit for bit, without its 0.2 ms a call
+    return 2 * scipy.special.stdtr(df, -t)
 
 
 def _intervals(mean: np.ndarray, se: np.ndarray, df: np.ndarray) -> list[Interval]:
@@ -227,11 +226,7 @@ class _Block:
         if not mine or len(common) < MIN_SEEDS or len(lengths) != 1:
             return None
         if self.table is not None:
-            picked = (
-                self.table[np.ix_(mine, at)]
-                if len(mine) < len(self.keys) or len(at) < len(self.seeds)
-                else self.table
-            )
+            picked = self.table[np.ix_(mine, at)]
         else:
             picked = np.stack([_table(self.rows[self.keys[i]], common) for i in mine])
         diff = picked - _table(other, common)
