@@ -24,7 +24,7 @@ from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from tabulate import tabulate
 
 from peftrepro import checks
-from peftrepro.methods import FAMILIES
+from peftrepro.methods import FAMILIES, starter
 from peftrepro.tasks import get_task
 from peftrepro.training import configure_determinism
 
@@ -55,7 +55,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 def config_for(family: str) -> Any:
     f = FAMILIES[family]
     fields = {"task_type": "CAUSAL_LM", **CONFIGS.get(f.peft_type, {"target_modules": ATTENTION})}
-    fields.update({k: v for k, v in f.flags.items() if v})
+    fields.update({k: v for k, v in starter(f).items() if v or v == {}})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return PEFT_TYPE_TO_CONFIG_MAPPING[f.peft_type](**fields)

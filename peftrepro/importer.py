@@ -23,6 +23,7 @@ from typing import Any
 from peftrepro.errors import EXIT_BAD_INPUT, NotConvertible, PeftreproError
 from peftrepro.jsonio import JSONReadError, read_json, replace_file
 from peftrepro.manifest import ResolvedManifest, resolve
+from peftrepro.methods import family_of
 from peftrepro.tasks import get_task, task_names
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -30,8 +31,6 @@ TRAINING_PARAMS = "training_params.json"
 DEFAULTS = "default_training_params.json"
 SOURCE = "huggingface/peft method_comparison"
 
-# Their optimizer_type -> our method family (a method defined by its optimizer) and optimizer name.
-OPTIMIZER_FAMILIES = {"lora-fa": "lora-fa", "lora+": "lora-plus", "riemannian": "lora-riemannian"}
 # What each optimizer takes for a weight decay it is not given: the value their run trained with.
 OWN_WEIGHT_DECAY = {"AdamW": 0.01, "Adam": 0.0, "SGD": 0.0, "lora-fa": 0.0, "lora+": 0.01, "riemannian": 0.01}
 # Their training keys that a peftrepro manifest may set (the task fixes every other one).
@@ -200,9 +199,7 @@ def build(
         if not isinstance(peft_type, str):
             raise NotConvertible(f"{experiment}: {ADAPTER_CONFIG} has no peft_type")
         peft_config = _config_fields(experiment, adapter, notes)
-        method = _family(peft_type, peft_config, optimizer)
-    if optimizer in OPTIMIZER_FAMILIES and method != OPTIMIZER_FAMILIES[optimizer]:
-        raise NotConvertible(f"{experiment}: optimizer_type {optimizer!r} on a {method} config")
+        method = family_of(peft_type, peft_config, optimizer)
 
     name = safe_name(folder_name)
     manifest = {
@@ -275,16 +272,6 @@ def _same(value: Any, default: Any) -> bool:
     elif isinstance(default, tuple):
         default = list(default)
     return type(value) is type(default) and value == default
-
-
-def _family(peft_type: str, config: dict[str, Any], optimizer: str) -> str:
-    if optimizer in OPTIMIZER_FAMILIES:
-        return OPTIMIZER_FAMILIES[optimizer]
-    if peft_type == "LORA" and config.get("use_dora"):
-        return "dora"
-    if peft_type == "LORA" and config.get("use_rslora"):
-        return "rslora"
-    return peft_type.lower().replace("_", "-")
 
 
 def check(imported: Imported, submissions: Path) -> ResolvedManifest:

@@ -18,7 +18,17 @@ from typing import Any
 from peftrepro import peftconfig, schemas
 from peftrepro.errors import ManifestError, UsageError
 from peftrepro.jsonio import JSONReadError, canonical_sha256, parse_json, read_capped
-from peftrepro.methods import FAMILIES, FULL_FINETUNING, METHOD_OPTIMIZERS, UNSUPPORTED_TYPES, family_for
+from peftrepro.methods import (
+    FAMILIES,
+    FULL_FINETUNING,
+    LORA_VARIANTS,
+    METHOD_OPTIMIZERS,
+    UNSUPPORTED_TYPES,
+    UNSUPPORTED_VARIANTS,
+    MethodFamily,
+    active_variants,
+    family_for,
+)
 from peftrepro.runconfig import TrainingConfig, check_optimizer_kwargs
 from peftrepro.tasks import get_task, task_names
 
@@ -197,6 +207,10 @@ def check_policy(
                 ("peft_config", flag),
                 f"method family {family.name!r} requires {flag} = {schemas.show(value)}",
             )
+    if peft_type == "LORA":
+        problem = variant_problem(family, peft_config)
+        if problem is not None:
+            fail(("peft_config", problem[0]), problem[1])
 
     optimizer = raw.get("training", {}).get("optimizer_type")
     if family.optimizer is not None and optimizer != family.optimizer:
@@ -314,6 +328,24 @@ def _looks_like_path(value: str, regex: bool) -> bool:
     if "/" in value or value.startswith("~") or "\x00" in value:
         return True
     return not regex and ("\\" in value or ".." in value)
+
+
+def variant_problem(family: MethodFamily, peft_config: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(field, what is expected) where a LORA config's peft variants are not its family's own."""
+    on = active_variants(dict(peft_config))
+    for name in on:
+        if name in UNSUPPORTED_VARIANTS:
+            why = UNSUPPORTED_VARIANTS[name]
+            return LORA_VARIANTS[name][0], f"the LoRA variant {name} is not supported: {why}"
+    if family.variant is not None and family.variant not in on:
+        key, start = LORA_VARIANTS[family.variant]
+        return key, f"method family {family.name!r} requires {key} = {schemas.show(start)} (its peft variant)"
+    extra = [name for name in on if name != family.variant]
+    if extra:
+        key = LORA_VARIANTS[extra[0]][0]
+        where = f"the method family {extra[0]!r}" if len(on) == 1 else "no family (one variant per config)"
+        return key, f"this config is the LoRA variant {'+'.join(on)}: it belongs in {where}"
+    return None
 
 
 def find_manifests(paths: Iterable[Path]) -> list[Path]:

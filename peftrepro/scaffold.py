@@ -20,7 +20,7 @@ from peftrepro.errors import ManifestError, UsageError
 from peftrepro.jsonio import write_new_file
 from peftrepro.leaderboard import task_rows
 from peftrepro.manifest import FORBIDDEN_FIELDS, MANIFEST_FILE, NAME_RE, load_raw, resolve
-from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES
+from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES, UNSUPPORTED_VARIANTS, starter
 from peftrepro.metrics import METRICS_BY_KEY
 from peftrepro.tasks import get_task, task_names
 from peftrepro.validate import validate_one
@@ -83,7 +83,7 @@ def skeleton(task: str, method: str, name: str, source: dict[str, Any] | None = 
             if family.peft_type == "ADALORA":  # its schedule must end where training does
                 peft_config["total_step"] = get_task(task).training_defaults["max_steps"]
     if peft_config is not None:
-        peft_config = {**peft_config, **family.flags}
+        peft_config = {**peft_config, **starter(family)}
     if family.optimizer is not None:
         training["optimizer_type"] = family.optimizer
     doc: dict[str, Any] = {
@@ -156,11 +156,12 @@ def list_methods() -> list[list[str]]:
         if f.peft_type is None:
             what = "peft_config null (full fine-tuning)"
         else:
-            what = " ".join([f.peft_type, *(f"{k}={json.dumps(v)}" for k, v in f.flags.items())])
+            what = " ".join([f.peft_type, *(f"{k}={json.dumps(v)}" for k, v in starter(f).items())])
         if f.optimizer:
             what += f", optimizer_type {f.optimizer}"
         rows.append([f.name, what])
     rows += [[t.lower().replace("_", "-"), f"not supported: {why}"] for t, why in UNSUPPORTED_TYPES.items()]
+    rows += [[name, f"LORA variant, not supported: {why}"] for name, why in UNSUPPORTED_VARIANTS.items()]
     return rows
 
 

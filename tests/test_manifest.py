@@ -7,7 +7,7 @@ import pytest
 
 from peftrepro.errors import ManifestError
 from peftrepro.manifest import deep_merge, manifest_sha256, resolve
-from peftrepro.methods import FAMILIES
+from peftrepro.methods import FAMILIES, LORA_VARIANTS, UNSUPPORTED_VARIANTS
 from peftrepro.tasks import get_task
 from peftrepro.validate import validate_paths
 from tests.conftest import DELETE, LORA_MANIFEST
@@ -127,6 +127,47 @@ def test_method_families_map_variants_to_flags(write_manifest) -> None:
     assert resolve(ok).method == "dora"
     e = error_of(write_manifest({"peft_config": {**LORA_MANIFEST["peft_config"], "use_rslora": True}}))
     assert e.pointer == "/peft_config/use_rslora"
+
+
+@pytest.mark.parametrize(
+    "family, fields",
+    [
+        ("kasa", {"kasa_config": {"beta": 1e-4, "gamma": 1e-3}}),
+        ("kasa", {"kasa_config": {}}),  # peft builds the sub-config with its defaults: KaSA is on
+        ("mica", {"init_lora_weights": "mica"}),
+        ("bd-lora", {"use_bdlora": {"target_modules_bd_a": ["v_proj"], "nblocks": 2}}),
+        ("dora", {"use_dora": True}),
+    ],
+)
+def test_a_lora_variant_peft_registers_has_its_own_family(write_manifest, family, fields) -> None:
+    """The public comparison files KaSA, MiCA and BD-LoRA under `lora`; here "the best lora row" is
+    plain LoRA: a variant's config is refused in `lora`, naming its family, and accepted there."""
+    peft_config = {**LORA_MANIFEST["peft_config"], **fields}
+    e = error_of(write_manifest({"peft_config": peft_config}))
+    [key] = fields
+    assert e.pointer == f"/peft_config/{key}"
+    assert f"belongs in the method family {family!r}" in e.expected
+    assert resolve(write_manifest({"method": family, "peft_config": peft_config})).method == family
+    # ... and its family without the variant turned on is refused too
+    e = error_of(write_manifest({"method": family}))
+    assert e.pointer == f"/peft_config/{key}" and f"method family {family!r} requires {key}" in e.expected
+
+
+def test_two_variants_at_once_or_an_unsupported_one_are_refused(write_manifest) -> None:
+    both = {**LORA_MANIFEST["peft_config"], "use_dora": True, "init_lora_weights": "mica"}
+    e = error_of(write_manifest({"method": "dora", "peft_config": both}))
+    assert "LoRA variant dora+mica: it belongs in no family" in e.expected
+    arrow = {**LORA_MANIFEST["peft_config"], "arrow_config": {"top_k": 2}}
+    e = error_of(write_manifest({"peft_config": arrow}))
+    assert e.pointer == "/peft_config/arrow_config" and "arrow is not supported" in e.expected
+
+
+def test_every_variant_peft_registers_is_a_family_or_refused_with_a_reason() -> None:
+    """A peft upgrade that registers a new LoRA variant gets a family (or a stated refusal) without a
+    code change here, read from peft's own metadata; this pins the ones known today."""
+    assert {"dora", "kasa", "mica", "bd-lora"} <= set(LORA_VARIANTS)
+    for name in LORA_VARIANTS:
+        assert (name in FAMILIES) != (name in UNSUPPORTED_VARIANTS), name
 
 
 def test_validate_attaches_and_counts_trainable_params(write_manifest) -> None:
