@@ -22,24 +22,10 @@ import numpy as np
 import scipy.stats
 
 from peftrepro import stats
-from peftrepro.errors import RecordError
-from peftrepro.records import list_records, read_record
+from peftrepro.records import newest_per_seed
 from peftrepro.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def newest_per_seed(folder: Path, score_key: str) -> dict[str, dict[int, dict]]:
-    """task version -> seed -> metrics of the newest success record."""
-    found: dict[str, dict[int, dict]] = {}
-    for path in list_records(folder):
-        try:
-            record = read_record(path)
-        except RecordError:
-            continue
-        if record.status == "success" and score_key in record.metrics:
-            found.setdefault(record.submission.task_version, {})[record.seed] = record.metrics
-    return found
 
 
 def seed_only(scores: list[float]) -> float:

@@ -295,6 +295,21 @@ def list_records(submission_folder: Path) -> list[Path]:
     return sorted(p for p in runs.glob("*.json") if not p.name.startswith(".")) if runs.is_dir() else []
 
 
+def newest_per_seed(folder: Path, score_key: str) -> dict[str, dict[int, dict[str, Any]]]:
+    """task version -> seed -> metrics of that seed's newest `success` record with `score_key`, over
+    every record of the submission (earlier manifests too): what a benchmark compares across task
+    versions. Unreadable records are skipped; the leaderboard reads records through collect.py."""
+    found: dict[str, dict[int, dict[str, Any]]] = {}
+    for path in list_records(folder):
+        try:
+            record = read_record(path)
+        except RecordError:
+            continue
+        if record.status == "success" and score_key in record.metrics:
+            found.setdefault(record.submission.task_version, {})[record.seed] = record.metrics
+    return found
+
+
 @dataclass(frozen=True)
 class ClaimRef:
     run_id: str

@@ -428,8 +428,14 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
         else ["No method family on both sides."]
     )
     if len(shared) >= 3:
-        rho = stats.spearman([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
-        lines += ["", f"Spearman rank correlation over these {len(shared)} families: {rho:.2f}."]
+        a = stats.rank_agreement([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
+        si, ki = a.spearman_interval, a.kendall_interval
+        lines += [
+            "",
+            f"Spearman rank correlation over these {a.n} families: {a.spearman:.2f} (95% interval "
+            f"{si.low:.2f} to {si.high:.2f}, resampling the families); Kendall's tau {a.kendall:.2f} "
+            f"({ki.low:.2f} to {ki.high:.2f}). `benchmarks/agreement.py` prints both rankings.",
+        ]
     missing = sorted(f for f in theirs if f not in ours)
     extra = sorted(f for f in ours if f not in theirs)
     lines += [

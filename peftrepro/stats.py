@@ -256,6 +256,64 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return float(scipy.stats.spearmanr(a, b).statistic)
 
 
+@dataclass(frozen=True)
+class RankAgreement:
+    """How alike two rankings of the same items are, with 95% bootstrap intervals over the items."""
+
+    n: int
+    spearman: float
+    spearman_interval: Interval
+    kendall: float
+    kendall_interval: Interval
+
+
+AGREEMENT_BOOT = 2000
+AGREEMENT_SEED = 0  # fixed: the same two lists give the same interval, on every page render
+
+
+def _rowwise_pearson(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray((x * y).sum(axis=1) / np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1)))
+
+
+def _rowwise_kendall(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair (scipy's definition; ties, duplicated items included, count
+    as ties). O(rows x n^2) memory: fine for the tens of methods a track compares."""
+    sx = np.sign(x[:, :, None] - x[:, None, :])
+    sy = np.sign(y[:, :, None] - y[:, None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.asarray(
+            (sx * sy).sum(axis=(1, 2)) / np.sqrt((sx * sx).sum(axis=(1, 2)) * (sy * sy).sum(axis=(1, 2)))
+        )
+
+
+def rank_agreement(a: Sequence[float], b: Sequence[float], n_boot: int = AGREEMENT_BOOT) -> RankAgreement:
+    """Spearman and Kendall between paired lists, and percentile intervals from resampling the
+    items (methods) with replacement: the interval says how much the figure depends on which
+    methods happen to be compared. Resamples where one side is constant are left out."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 3:
+        raise ValueError("rank agreement needs two paired lists of at least 3 values")
+    idx = np.random.default_rng(AGREEMENT_SEED).integers(0, len(x), size=(n_boot, len(x)))
+    xs, ys = x[idx], y[idx]
+    rho = _rowwise_pearson(scipy.stats.rankdata(xs, axis=1), scipy.stats.rankdata(ys, axis=1))
+    tau = _rowwise_kendall(xs, ys)
+
+    def interval(values: np.ndarray) -> Interval:
+        low, high = np.nanpercentile(values, [2.5, 97.5])
+        return Interval(float(low), float(high))
+
+    return RankAgreement(
+        len(x),
+        spearman(x, y),
+        interval(rho),
+        float(scipy.stats.kendalltau(x, y).statistic),
+        interval(tau),
+    )
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's step-down adjusted p-values (family-wise error), in the input's order."""
     order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])

@@ -168,3 +168,28 @@ def test_paired_matches_a_hand_worked_case_and_scipy() -> None:
     assert one is not None
     assert one.p == pytest.approx(scipy.stats.ttest_1samp(x - y, 0.0).pvalue)
     assert one.p == pytest.approx(scipy.stats.ttest_rel(x, y).pvalue)
+
+
+def test_rank_agreement_matches_scipy_and_its_interval_is_deterministic() -> None:
+    import scipy.stats
+
+    rng = np.random.default_rng(3)
+    theirs = np.round(rng.random(20), 1)  # rounded: ties, as published scores have
+    ours = np.round(theirs + rng.normal(0, 0.3, 20), 1)
+    a = stats.rank_agreement(theirs, ours)
+    assert a.n == 20
+    assert a.spearman == pytest.approx(scipy.stats.spearmanr(theirs, ours).statistic)
+    assert a.kendall == pytest.approx(scipy.stats.kendalltau(theirs, ours).statistic)
+    assert a.spearman_interval.low < a.spearman < a.spearman_interval.high
+    assert a.kendall_interval.low < a.kendall < a.kendall_interval.high
+    assert stats.rank_agreement(theirs, ours) == a  # seeded: same lists, same interval
+    # The vectorised resample statistics are scipy's, row by row, duplicated items included.
+    idx = rng.integers(0, 20, size=(50, 20))
+    tau = stats._rowwise_kendall(theirs[idx], ours[idx])
+    expected = [scipy.stats.kendalltau(theirs[i], ours[i]).statistic for i in idx]
+    assert np.allclose(tau, expected, equal_nan=True)
+    # A perfect ranking is 1 with a degenerate interval; a reversed one -1.
+    assert stats.rank_agreement([1, 2, 3, 4], [10, 20, 30, 40]).spearman_interval == stats.Interval(1.0, 1.0)
+    assert stats.rank_agreement([1, 2, 3, 4], [4, 3, 2, 1]).kendall == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="at least 3"):
+        stats.rank_agreement([1, 2], [1, 2])

@@ -1,0 +1,183 @@
+"""How well a CPU track's ranking predicts the public benchmark it stands in for.
+
+Our side: each row (method/name) of `--task`, at one task version (`--version`, default the
+current one; older versions' records are read too), as the mean over seeds of each seed's newest
+success record. Their side: the published claims of the task it stands in for (`peftrepro import`;
+`--against`, default the task's `published_task`). Two comparisons:
+- per method family: each side's best experiment by headline score (ours: best row mean); on the
+  drift axis, the drift of that same best experiment;
+- per public experiment: rows whose method/name is the public experiment's own (a track that runs
+  the imported configs), when there are at least 3.
+For each: both rankings side by side, Spearman and Kendall with 95% bootstrap intervals over the
+compared items (stats.rank_agreement, the same numbers as the task page), the median seed std of
+the rows compared, and the largest rank differences.
+
+    .venv/bin/python benchmarks/agreement.py --task arithmetic --version 1
+    .venv/bin/python benchmarks/agreement.py --task digits --axes score,drift
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import scipy.stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from peftrepro import stats
+from peftrepro.collect import load_tree
+from peftrepro.records import newest_per_seed
+from peftrepro.tasks import get_task
+
+ROOT = Path(__file__).resolve().parent.parent
+AXES = ("score", "drift")
+
+
+@dataclass
+class Ours:
+    key: str  # method/name
+    means: dict[str, float]  # axis -> mean over seeds
+    std: float  # sample std of the headline score over seeds (nan for one seed)
+    seeds: int
+
+
+def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[Ours]:
+    task = get_task(task_name)
+    keys = {"score": task.score_key, "drift": "drift"}
+    rows = []
+    for folder in sorted(p for p in (root / task_name).glob("*/*") if p.is_dir()):
+        runs = newest_per_seed(folder, task.score_key).get(version, {})
+        if not runs:
+            continue
+        scores = [float(m[task.score_key]) for m in runs.values()]
+        means = {
+            axis: statistics.fmean(float(m[keys[axis]]) for m in runs.values())
+            for axis in axes
+            if all(keys[axis] in m for m in runs.values())
+        }
+        std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
+        rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores)))
+    return rows
+
+
+def their_rows(root: Path, task_name: str) -> dict[str, dict[str, float]]:
+    """method/name -> axis -> their figure, from the claims of the current manifests."""
+    task = get_task(task_name)
+    keys = {"score": task.score_key, "drift": "drift"}
+    subs, _ = load_tree(root)
+    found: dict[str, dict[str, float]] = {}
+    for sub in subs:
+        if sub.key[0] != task_name:
+            continue
+        for claim in sub.published:  # several results for one experiment: the best score stands
+            m = claim.metrics
+            figures = {axis: float(m[k]) for axis, k in keys.items() if isinstance(m.get(k), int | float)}
+            key = f"{sub.key[1]}/{sub.key[2]}"
+            if "score" in figures and figures["score"] > found.get(key, {}).get("score", float("-inf")):
+                found[key] = figures
+    return found
+
+
+def best_per_family(rows: dict[str, dict[str, float]]) -> dict[str, tuple[str, dict[str, float]]]:
+    best: dict[str, tuple[str, dict[str, float]]] = {}
+    for key, figures in sorted(rows.items()):
+        family = key.split("/")[0]
+        if "score" in figures and (family not in best or figures["score"] > best[family][1]["score"]):
+            best[family] = (key, figures)
+    return best
+
+
+def ranks(values: list[float], lower_is_better: bool) -> list[float]:
+    return list(scipy.stats.rankdata([v if lower_is_better else -v for v in values]))
+
+
+def compare(
+    title: str, pairs: list[tuple[str, str, float, str, float, float]], lower_is_better: bool
+) -> None:
+    """pairs: (item, their key, their value, our key, our value, our seed std)."""
+    print(f"\n### {title}\n")
+    if len(pairs) < 3:
+        print(f"{len(pairs)} items on both sides: too few to rank.")
+        return
+    theirs = [p[2] for p in pairs]
+    ours = [p[4] for p in pairs]
+    rt, ro = ranks(theirs, lower_is_better), ranks(ours, lower_is_better)
+    order = sorted(range(len(pairs)), key=lambda i: (rt[i], pairs[i][0]))
+    print("| item | published | rank | here (mean over seeds) | seed std | rank | rank difference |")
+    print("|---|---|---|---|---|---|---|")
+    for i in order:
+        item, tk, tv, ok, ov, sd = pairs[i]
+        print(
+            f"| {item} | {tv:.3f} ({tk}) | {rt[i]:g} | {ov:.3f} ({ok}) | {sd:.3f} | {ro[i]:g} "
+            f"| {ro[i] - rt[i]:+g} |"
+        )
+    a = stats.rank_agreement(theirs, ours)
+    stds = [p[5] for p in pairs if p[5] == p[5]]
+    print(
+        f"\nn {a.n}; Spearman {a.spearman:.2f} (95% bootstrap interval {a.spearman_interval.low:.2f} to "
+        f"{a.spearman_interval.high:.2f}); Kendall {a.kendall:.2f} ({a.kendall_interval.low:.2f} to "
+        f"{a.kendall_interval.high:.2f}); median seed std here "
+        f"{statistics.median(stds) if stds else float('nan'):.3f}"
+    )
+    worst = sorted(range(len(pairs)), key=lambda i: (-abs(ro[i] - rt[i]), pairs[i][0]))[:5]
+    print("largest rank differences: " + "; ".join(f"{pairs[i][0]} {ro[i] - rt[i]:+g}" for i in worst))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", default="arithmetic")
+    parser.add_argument("--version", help="task version of our records (default: the current one)")
+    parser.add_argument("--against", help="the published task (default: the task's published_task)")
+    parser.add_argument("--axes", default="score", help="comma-separated: score, drift")
+    parser.add_argument("--submissions", type=Path, default=ROOT / "submissions")
+    args = parser.parse_args()
+    task = get_task(args.task)
+    against = args.against or task.published_task
+    if against is None:
+        parser.error(f"{args.task} names no published task; pass --against")
+    axes = args.axes.split(",")
+    if unknown := sorted(set(axes) - set(AXES)):
+        parser.error(f"unknown axes {unknown}; known: {', '.join(AXES)}")
+    version = args.version or task.version
+    ours = {r.key: r for r in our_rows(args.submissions, args.task, version, axes)}
+    theirs = their_rows(args.submissions, against)
+    print(
+        f"## {args.task} version {version} ({len(ours)} rows) against the published {against} "
+        f"({len(theirs)} experiments)"
+    )
+
+    our_best = best_per_family({k: r.means for k, r in ours.items()})
+    their_best = best_per_family(theirs)
+    families = sorted(set(our_best) & set(their_best))
+    for axis in axes:
+        lower = axis == "drift"
+        per_family = [
+            (
+                f,
+                their_best[f][0],
+                their_best[f][1][axis],
+                our_best[f][0],
+                our_best[f][1][axis],
+                ours[our_best[f][0]].std,
+            )
+            for f in families
+            if axis in their_best[f][1] and axis in our_best[f][1]
+        ]
+        compare(f"{axis}, per method family (best experiment by score on each side)", per_family, lower)
+        shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
+        per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]
+        compare(f"{axis}, per public experiment (the same method/name on both sides)", per_experiment, lower)
+    print(
+        f"\nfamilies only published: {', '.join(sorted(set(their_best) - set(our_best))) or '-'}"
+        f"\nfamilies only here: {', '.join(sorted(set(our_best) - set(their_best))) or '-'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
