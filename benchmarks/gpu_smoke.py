@@ -3,7 +3,9 @@
 Runs one short LoRA training of `metamathqa` and of `image-gen` through `peftrepro run` (the same
 loaders, loop, evaluation and record as a real run) and checks what only a GPU exercises: the
 records say CUDA, the bfloat16 base model was used, and the accelerator memory figures are
-non-zero and ordered (average <= p99 <= peak, all below the device's memory).
+non-zero and ordered (average <= p99 <= peak, all below the device's memory). Then `peftrepro
+verify` of a published claim for the same manifest (another GPU's memory, this run's score): the
+verification is written, bound to the claim, memory not compared, the score judged in its band.
 
     .venv/bin/python benchmarks/gpu_smoke.py          # needs a CUDA device
     .venv/bin/python benchmarks/gpu_smoke.py --cpu    # the same checks on the CPU (memory is RSS)
@@ -20,6 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -112,10 +115,50 @@ def main() -> int:
                 checks["record says cuda"] = env.get("accelerator", {}).get("kind") == "cuda"
                 checks["peak below the device's memory"] = peak < device.total_memory
             failures += [f"{task}: {name}" for name, ok in checks.items() if not ok]
+            failures += [f"{task}: {f}" for f in verify_published_claim(cli, folder, record)]
     for failure in failures:
         print(f"FAILED {failure}")
     print("all checks hold" if not failures else f"{len(failures)} check(s) failed")
     return 1 if failures else 0
+
+
+def verify_published_claim(cli: Any, folder: Path, record: dict[str, Any]) -> list[str]:
+    """`peftrepro verify` on a published claim: a claim as `peftrepro import` writes one, with this
+    run's own score and parameter count and another GPU's memory, re-run on seed 0 and judged."""
+    from click.testing import CliRunner
+
+    from peftrepro.jsonio import pretty_bytes
+    from peftrepro.manifest import resolve
+    from tests.golden_tree import published_claim
+
+    m = record["metrics"]
+    score_key = "test_accuracy" if "test_accuracy" in m else "test_concept_score"
+    claim = published_claim(resolve(folder / "manifest.json"), "lora--smoke")
+    claim["metrics"] = {
+        score_key: m[score_key],
+        "trainable_params": m["trainable_params"],
+        "peak_memory_bytes": 20 * 2**30,
+    }
+    (folder / "claims").mkdir()
+    (folder / "claims" / f"{claim['claim_id']}.json").write_bytes(pretty_bytes(claim))
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(cli, ["verify", str(folder), "--seed", "0"])
+    found = sorted((folder / "verifications" / "published").glob("*.json"))
+    if result.exit_code not in (0, 1) or not found:
+        return [f"verify of a published claim: exit {result.exit_code}: {result.output[-500:]}"]
+    v = json.loads(found[-1].read_text())
+    by = {c["metric"]: c for c in v["comparisons"]}
+    print(
+        f"  verify of a published claim in {time.perf_counter() - t0:.1f} s: {v['verdict']}; "
+        + "; ".join(f"{k} {c['outcome']} ({c['detail']})" for k, c in by.items())
+    )
+    checks = {
+        "verification bound to the claim": v["published"]["claim_id"] == claim["claim_id"],
+        "trainable params match": by["trainable_params"]["outcome"] == "match",
+        "memory of another GPU not compared": by["peak_memory_bytes"]["outcome"] == "not_comparable",
+        "score judged in a band": by[score_key]["tolerance"] == "score" and "band" in by[score_key]["detail"],
+    }
+    return [f"verify: {name}" for name, ok in checks.items() if not ok]
 
 
 if __name__ == "__main__":

@@ -34,7 +34,13 @@ from peftrepro.jsonio import read_json
 from peftrepro.leaderboard import md
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest
 from peftrepro.pages import differences, render
-from peftrepro.records import CLAIMS_DIR, RUNS_DIR, VERIFICATIONS_DIR, parse_verification
+from peftrepro.records import (
+    CLAIMS_DIR,
+    PUBLISHED_VERIFICATIONS_DIR,
+    RUNS_DIR,
+    VERIFICATIONS_DIR,
+    parse_verification,
+)
 from peftrepro.runners.local import run_local
 from peftrepro.scaffold import PLACEHOLDER
 from peftrepro.signing import SIGNERS_FILE, check, signature_path, signers_file
@@ -104,13 +110,12 @@ def policy_problems(sub: Submission, changes: dict[Path, str], others: list[Subm
                 "edits an existing submission's manifest; add a new submission that names this one "
                 "in `supersedes` instead"
             )
-        in_records = path.parent.parent == sub.folder and path.parent.name in (
-            RUNS_DIR,
-            VERIFICATIONS_DIR,
-            CLAIMS_DIR,
-        )
+        in_records = (
+            path.parent.parent == sub.folder and path.parent.name in (RUNS_DIR, VERIFICATIONS_DIR, CLAIMS_DIR)
+        ) or path.parent == sub.folder / VERIFICATIONS_DIR / PUBLISHED_VERIFICATIONS_DIR
         if in_records and kind in "MDR":
-            problems.append(f"records are append-only: {path.parent.name}/{path.name} was changed")
+            where = path.relative_to(sub.folder)
+            problems.append(f"records are append-only: {where} was changed")
     m = sub.manifest
     if m is None:
         return problems

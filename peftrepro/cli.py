@@ -217,8 +217,10 @@ def verify(
 ) -> None:
     """Re-run submissions' claimed records and judge them under each task's tolerance policy.
 
-    Writes verifications/<id>.json beside each submission's runs/. Exit 0 when every claim
-    checked was reproduced, 1 when any was not (not_reproduced or not_comparable), 2 on bad input.
+    Writes verifications/<id>.json beside each submission's runs/. A named submission with a
+    published claim (claims/) is re-run on its task's corpus seeds (or --seed) and the claim judged
+    against them: verifications/published/<id>.json. Exit 0 when every claim checked was
+    reproduced, 1 when any was not (not_reproduced or not_comparable), 2 on bad input.
     """
     from peftrepro.verify import verify_submissions
 

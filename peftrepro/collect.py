@@ -27,18 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from peftrepro import schemas
-from peftrepro.compare import judge
+from peftrepro.compare import judge, judge_published
 from peftrepro.errors import InputError, PeftreproError, safe_text
 from peftrepro.jsonio import JSONReadError, parse_json, read_capped
 from peftrepro.manifest import MANIFEST_FILE, ResolvedManifest, resolve
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import (
     CLAIMS_DIR,
+    PUBLISHED_VERIFICATIONS_DIR,
     RECORD_SCHEMA_VERSION,
     RUNS_DIR,
     VERIFICATIONS_DIR,
+    PublishedVerificationRecord,
     RunRecord,
     VerificationRecord,
+    parse_published_verification,
     parse_record,
     parse_verification,
 )
@@ -69,6 +72,19 @@ class StoredVerification:
     verification: VerificationRecord
     sha256: str
     signature: Signature  # who vouches that the re-run happened (signing.py); unsigned counts for nothing
+
+    @property
+    def signer(self) -> str | None:
+        return self.signature.signer
+
+
+@dataclass(frozen=True)
+class StoredPublishedVerification:
+    """verifications/published/<id>.json: re-runs here judged against one published claim."""
+
+    path: Path
+    verification: PublishedVerificationRecord
+    signature: Signature
 
     @property
     def signer(self) -> str | None:
@@ -116,6 +132,8 @@ class Submission:
     verifications: dict[str, StoredVerification] = field(default_factory=dict)  # claim run_id -> newest
     sweep: StoredSweep | None = None  # sweep.json, schema-valid and for this folder
     published: list[StoredClaim] = field(default_factory=list)  # claims of the current manifest, by id
+    # claim_id -> the newest verification of that claim that reads, binds and re-judges the same
+    published_verifications: dict[str, StoredPublishedVerification] = field(default_factory=dict)
     ignored: list[tuple[Path, str]] = field(default_factory=list)
 
     @property
@@ -186,6 +204,8 @@ def load_submission(folder: Path, signers: Path | None = None) -> Submission:
     _load_sweep(sub)
     if sub.manifest is not None:
         _load_claims(sub)
+    if sub.published:
+        _load_published_verifications(sub, signers or signers_file(folder.resolve().parents[2]))
     return sub
 
 
@@ -225,6 +245,56 @@ def _load_claims(sub: Submission) -> None:
             sub.ignored.append((path, "a claim about an earlier manifest or task version: not shown"))
         else:
             sub.published.append(StoredClaim(path, data, sha))
+
+
+def _load_published_verifications(sub: Submission, signers: Path) -> None:
+    """Newest first (ids sort by time): the first that binds to a shown claim is that claim's."""
+    assert sub.manifest is not None
+    claims = {c.data["claim_id"]: c for c in sub.published}
+    policy = get_task(sub.manifest.task).verification
+    folder = sub.folder / VERIFICATIONS_DIR / PUBLISHED_VERIFICATIONS_DIR
+    for path in _files(folder, sub.ignored):
+        try:
+            data, raw = _read_bytes(path)
+            v = parse_published_verification(data, str(path))
+        except (JSONReadError, OSError) as e:
+            sub.ignored.append((path, str(e)))
+            continue
+        except InputError as e:
+            sub.ignored.append((path, f"{e.pointer}: {e.expected}" if e.pointer else e.expected))
+            continue
+        claim = claims.get(v.published.claim_id)
+        if claim is None or v.published.claim_id in sub.published_verifications:
+            continue  # a claim not shown (earlier manifest), or an older verification of a shown one
+        problem = _published_problem(v, path, claim, sub.manifest.sha256, policy)
+        if problem:
+            sub.ignored.append((path, problem))
+        else:
+            signature = _signature(path, raw, signers)
+            sub.published_verifications[claim.data["claim_id"]] = StoredPublishedVerification(
+                path, v, signature
+            )
+
+
+def _published_problem(
+    v: PublishedVerificationRecord,
+    path: Path,
+    claim: StoredClaim,
+    manifest_sha256: str,
+    policy: VerificationPolicy,
+) -> str | None:
+    if v.verification_id != path.stem:
+        return "verification_id does not match the file name"
+    if v.published.sha256 != claim.sha256:
+        return f"the claim it judged ({claim.path.name}) has changed since: it no longer counts"
+    if any(r.submission.manifest_sha256 != manifest_sha256 for r in v.reruns):
+        return "a re-run it carries ran a different manifest"
+    if len({r.seed for r in v.reruns}) != len(v.reruns):
+        return "it carries two re-runs of one seed"
+    verdict = judge_published(claim.metrics, claim.accelerator, v.reruns, policy).verdict
+    if verdict != v.verdict:
+        return f"says {v.verdict} but its own re-runs give {verdict}"
+    return None
 
 
 def _load_sweep(sub: Submission) -> None:

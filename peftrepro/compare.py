@@ -8,8 +8,11 @@ hand into a verification file does not count unless it follows from the numbers.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
+
+import scipy.special
 
 from peftrepro.environment import job_start
 from peftrepro.metrics import METRICS, Metric, VerificationPolicy
@@ -212,3 +215,101 @@ def judge(claim: RunRecord, rerun: RunRecord, policy: VerificationPolicy) -> Jud
         )
         return Judgement(NOT_COMPARABLE, comparisons, env_diff, [reason])
     return Judgement(REPRODUCED, comparisons, env_diff, [])
+
+
+# ---- a published claim against re-runs here ------------------------------------------------------
+
+# Judged against a published claim with a band from the re-runs' own spread (one more run, ours or
+# theirs, should land inside it); the task's stated band is the floor.
+PUBLISHED_SCORES = ("test_accuracy", "test_concept_score", "forgetting_same_position", "drift")
+# Figures another toolkit writes its own way: shown, never judged (file headers differ by peft
+# version; their final loss is their loop's average).
+PUBLISHED_INFORMATIONAL = ("adapter_bytes", "train_loss_final", "valid_curve")
+
+
+def prediction_band(values: list[float], floor: float) -> tuple[float, str]:
+    """Half-width of a 95% prediction interval for one more run, t(0.975, n-1) * s * sqrt(1 + 1/n)
+    from n re-runs' sample std s, and never below the task's stated band `floor`."""
+    n = len(values)
+    if n < 2:
+        return floor, f"band {floor:g} (the task's: one re-run has no spread)"
+    s = statistics.stdev(values)
+    half = float(scipy.special.stdtrit(n - 1, 0.975)) * s * math.sqrt(1 + 1 / n)
+    band = max(floor, half)
+    return band, f"band {band:.4g} = max({floor:g}, t*s*sqrt(1+1/n) = {half:.4g}; s {s:.4g}, n {n})"
+
+
+def rerun_accelerator(rerun: RunRecord) -> str:
+    acc = rerun.environment.get("accelerator")
+    acc = acc if isinstance(acc, dict) else {}
+    return str(acc.get("name") if acc.get("kind") == "cuda" else acc.get("kind", "unknown"))
+
+
+def _published_metric(
+    metric: Metric, c: Any, values: list[Any], policy: VerificationPolicy, here: list[str], accelerator: str
+) -> Comparison:
+    key = metric.key
+    numbers = [float(v) for v in values if _number(v)]
+    mean = statistics.fmean(numbers) if numbers and len(numbers) == len(values) else None
+    if key in PUBLISHED_INFORMATIONAL or metric.tolerance == "informational":
+        ratio = mean / c if mean is not None and _number(c) and c else None
+        return Comparison(
+            key, "informational", c, mean, "informational", f"ratio {ratio:.3f}" if ratio else ""
+        )
+    if mean is None or not _number(c):
+        detail = "missing in a re-run" if mean is None else "not a number"
+        return Comparison(key, metric.tolerance, c, mean, "mismatch", detail)
+    if key in PUBLISHED_SCORES:
+        band, how = prediction_band(numbers, policy.score_band)
+        ok = abs(mean - c) <= band + FLOAT_SLACK
+        return Comparison(key, "score", c, mean, "match" if ok else "mismatch", f"{mean - c:+.4g}; {how}")
+    if metric.tolerance == "relative":
+        if here != [accelerator]:
+            where = f"claimed on {accelerator}, measured on {', '.join(here)}"
+            return Comparison(key, "relative", c, mean, "not_comparable", where)
+        rel = (mean - c) / c if c else (0.0 if mean == 0 else math.inf)
+        ok = abs(rel) <= policy.relative_band
+        detail = f"{rel:+.1%}, band ±{policy.relative_band:.0%}"
+        return Comparison(key, "relative", c, mean, "match" if ok else "mismatch", detail)
+    if metric.tolerance == "exact":
+        ok = all(v == c for v in values)
+        detail = "identical in every re-run" if ok else _delta(c, mean)
+        return Comparison(key, "exact", c, mean, "match" if ok else "mismatch", detail)
+    # a score this comparison has no band for (the base model's own): shown
+    return Comparison(key, "informational", c, mean, "informational", _delta(c, mean))
+
+
+def judge_published(
+    claimed: dict[str, Any], accelerator: str, reruns: list[RunRecord], policy: VerificationPolicy
+) -> Judgement:
+    """The verdict on a published claim (its metrics, measured on `accelerator`) given re-runs of
+    its manifest on several seeds. Scores: the re-runs' mean within `prediction_band`. Parameter
+    counts and steps: equal in every re-run. Memory: within the relative band of the re-runs' mean
+    on the same accelerator, else not comparable; time: a ratio, shown. The verdict rests on what
+    can be compared here: memory measured on another GPU does not make the claim `not_comparable`
+    (on this hardware it never could be); the verification lists it as not compared."""
+    failed = [r for r in reruns if r.status != "success"]
+    if failed or not reruns:
+        why = "; ".join(f"seed {r.seed} {r.status}: {r.error.message if r.error else ''}" for r in failed)
+        return Judgement(NOT_REPRODUCED, [], [], [f"a re-run did not succeed: {why or 'none ran'}"])
+    here = sorted({rerun_accelerator(r) for r in reruns})
+    comparisons = [
+        _published_metric(
+            m, claimed[m.key], [r.metrics.get(m.key) for r in reruns], policy, here, accelerator
+        )
+        for m in METRICS
+        if m.key in claimed
+    ]
+    mismatched = [c for c in comparisons if c.outcome == "mismatch"]
+    if mismatched:
+        reasons = [
+            f"{c.metric}: claimed {show(c.claimed)}, measured {show(c.measured)} ({c.detail})"
+            for c in mismatched
+        ]
+        return Judgement(NOT_REPRODUCED, comparisons, [], reasons)
+    if not any(c.tolerance == "score" for c in comparisons):
+        return Judgement(NOT_COMPARABLE, comparisons, [], ["the claim has no score measured here"])
+    reasons = []
+    if here != [accelerator]:
+        reasons.append(f"memory not compared: claimed on {accelerator}, measured on {', '.join(here)}")
+    return Judgement(REPRODUCED, comparisons, [], reasons)

@@ -389,3 +389,90 @@ def write_verification(submission_folder: Path, verification: VerificationRecord
     _checked_folder(path.parent, path)
     write_new_file(path, pretty_bytes(data))
     return path
+
+
+# verifications/published/<id>.json: re-runs of a manifest judged against one of its published claims.
+PUBLISHED_VERIFICATIONS_DIR = "published"
+
+
+@dataclass(frozen=True)
+class PublishedRef:
+    claim_id: str
+    sha256: str  # of the claim file's exact bytes
+    accelerator: str  # where they measured it (the claim's), beside the re-runs' own
+
+    def to_json(self) -> dict[str, Any]:
+        return {"claim_id": self.claim_id, "sha256": self.sha256, "accelerator": self.accelerator}
+
+
+@dataclass(frozen=True)
+class PublishedVerificationRecord:
+    """Re-runs of a submission's manifest, judged against one published claim (compare.py's
+    `judge_published`, as JSON). The re-runs are also written to runs/ as ordinary records."""
+
+    verification_id: str
+    submission: SubmissionRef
+    published: PublishedRef
+    reruns: list[RunRecord]
+    policy: dict[str, Any]
+    verdict: str
+    comparisons: list[dict[str, Any]]
+    reasons: list[str]
+    started_at: str
+    finished_at: str
+    toolkit: dict[str, str] = field(default_factory=_toolkit)
+    schema_version: int = VERIFICATION_SCHEMA_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": self.schema_version,
+            "verification_id": self.verification_id,
+            "verdict": self.verdict,
+            "toolkit": self.toolkit,
+            "submission": self.submission.to_json(),
+            "published": self.published.to_json(),
+            "reruns": [r.to_json() for r in self.reruns],
+            "policy": self.policy,
+            "comparisons": self.comparisons,
+            "reasons": self.reasons,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+        }
+
+
+def new_published_verification_id(started: datetime) -> str:
+    return f"{started.strftime('%Y%m%dT%H%M%SZ')}-published-{secrets.token_hex(3)}"
+
+
+def parse_published_verification(obj: Any, file: str) -> PublishedVerificationRecord:
+    schemas.check(obj, schemas.PUBLISHED_VERIFICATION, file, RecordError)
+    reruns = []
+    for rerun in obj["reruns"]:
+        schemas.check(rerun, schemas.RUN_RECORD, file, RecordError)
+        reruns.append(RunRecord.from_json(rerun))
+    return PublishedVerificationRecord(
+        verification_id=obj["verification_id"],
+        submission=SubmissionRef(**obj["submission"]),
+        published=PublishedRef(**obj["published"]),
+        reruns=reruns,
+        policy=obj["policy"],
+        verdict=obj["verdict"],
+        comparisons=obj["comparisons"],
+        reasons=obj["reasons"],
+        started_at=obj["started_at"],
+        finished_at=obj["finished_at"],
+        toolkit=obj["toolkit"],
+        schema_version=obj["schema_version"],
+    )
+
+
+def write_published_verification(submission_folder: Path, verification: PublishedVerificationRecord) -> Path:
+    """The one place a published claim's verification is written: validated, then atomically."""
+    folder = submission_folder / VERIFICATIONS_DIR / PUBLISHED_VERIFICATIONS_DIR
+    path = folder / f"{verification.verification_id}.json"
+    data = verification.to_json()
+    schemas.check(data, schemas.PUBLISHED_VERIFICATION, str(path), RecordError)
+    _checked_folder(folder.parent, path)
+    _checked_folder(folder, path)
+    write_new_file(path, pretty_bytes(data))
+    return path

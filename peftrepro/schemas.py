@@ -27,6 +27,7 @@ RUN_RECORD = "run-record.schema.json"
 VERIFICATION = "verification-record.schema.json"
 SWEEP = "sweep-record.schema.json"
 CLAIM = "published-claim.schema.json"
+PUBLISHED_VERIFICATION = "published-verification.schema.json"
 
 
 def schema_dir() -> Path:

@@ -12,6 +12,7 @@ from urllib.parse import quote
 
 from peftrepro import stats
 from peftrepro.collect import Stored, StoredClaim, Submission
+from peftrepro.compare import rerun_accelerator
 from peftrepro.leaderboard import (
     STATUSES,
     Row,
@@ -115,6 +116,20 @@ def published_note(row: Row, claim: StoredClaim) -> str:
     ours = row.stats.get(score_key) if row.records else None
     if ours is not None and isinstance(theirs, int | float):
         said += f"; ours − theirs {ours.mean - theirs:+.3f}"
+    found = row.sub.published_verifications.get(claim.data["claim_id"])
+    if found is not None:
+        v = found.verification
+        reruns = v.reruns
+        here = ", ".join(sorted({rerun_accelerator(r) for r in reruns}))
+        said += f"; re-run here on {here} ({len(reruns)} seeds): {v.verdict.replace('_', ' ')}"
+        band = next((c["detail"] for c in v.comparisons if c["metric"] == score_key), None)
+        if band:
+            said += f" ({score_key} {band})"
+        said += (
+            f", signed by {found.signer}"
+            if found.signer
+            else f", not counted until a listed verifier signs it ({found.signature.why})"
+        )
     return said
 
 

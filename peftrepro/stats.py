@@ -251,7 +251,7 @@ def _blocks(rows: Mapping[str, Mapping[int, np.ndarray]]) -> list[_Block]:
     ]
 
 
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+def spearman(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray) -> float:
     """Spearman's rank correlation of two paired lists (ties get average ranks; scipy's)."""
     return float(scipy.stats.spearmanr(a, b).statistic)
 

@@ -19,26 +19,34 @@ from typing import Any
 from tabulate import tabulate
 
 from peftrepro.collect import Submission, load_submission
-from peftrepro.compare import VERDICTS, Judgement, judge
+from peftrepro.compare import REPRODUCED, VERDICTS, Judgement, judge, judge_published
 from peftrepro.console import Echo
 from peftrepro.environment import job_start
 from peftrepro.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, UsageError
 from peftrepro.executors import Executor, Job, JobResult
-from peftrepro.executors.batch import ExecutorChoice
+from peftrepro.executors.batch import ExecutorChoice, land, severity, summary_line
 from peftrepro.executors.local import LocalExecutor
+from peftrepro.job import preflight
 from peftrepro.jsonio import JSONReadError, read_json
 from peftrepro.manifest import MANIFEST_FILE, find_manifests
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.records import (
+    PUBLISHED_VERIFICATIONS_DIR,
+    RUNS_DIR,
     VERIFICATIONS_DIR,
     ClaimRef,
+    PublishedRef,
+    PublishedVerificationRecord,
     RunRecord,
     VerificationRecord,
     folder_problem,
+    new_published_verification_id,
     new_run_id,
+    parse_published_verification,
     parse_verification,
     timestamp,
     utc_now,
+    write_published_verification,
     write_verification,
 )
 from peftrepro.signing import sign, signature_path
@@ -200,12 +208,7 @@ def build_verification(
         submission=claim.submission,
         claim=ClaimRef(claim.run_id, claim.seed, claim_sha256),
         rerun=rerun,
-        policy={
-            "bit_exact": policy.bit_exact,
-            "score_band": policy.score_band,
-            "relative_band": policy.relative_band,
-            "nondeterministic": list(policy.nondeterministic),
-        },
+        policy=_policy_json(policy),
         verdict=verdict["verdict"],
         comparisons=verdict["comparisons"],
         environment_diff=verdict["environment_diff"],
@@ -213,6 +216,15 @@ def build_verification(
         started_at=timestamp(started),
         finished_at=timestamp(utc_now()),
     )
+
+
+def _policy_json(policy: VerificationPolicy) -> dict[str, Any]:
+    return {
+        "bit_exact": policy.bit_exact,
+        "score_band": policy.score_band,
+        "relative_band": policy.relative_band,
+        "nondeterministic": list(policy.nondeterministic),
+    }
 
 
 def verify_all(
@@ -339,6 +351,14 @@ def verify_submissions(
         echo.out("nothing to verify")
         return 0
 
+    published = [sub for sub in subs if sub.published] if paths else []
+    for sub in published:  # a GPU track on a machine without one: refused before any run
+        assert sub.manifest is not None
+        preflight(sub.manifest)
+        if problem := folder_problem(sub.folder / VERIFICATIONS_DIR / PUBLISHED_VERIFICATIONS_DIR):
+            raise UsageError(problem)
+    subs = [sub for sub in subs if sub.claims]
+
     def start(sub: Submission, s: int, claim: Path, where: str) -> None:
         echo.err(f"{sub.label} seed {s}: re-running the claim {claim}{executor.where(where)}")
 
@@ -349,6 +369,21 @@ def verify_submissions(
         echo.out(f"{v.submission} seed {v.seed}:")
         echo.out(report(v))
 
+    published_codes = (
+        verify_published(
+            published,
+            seed=seed,
+            runner=runner,
+            options=runner_options,
+            executor=executor,
+            echo=echo,
+            sign_with=sign_with,
+        )
+        if published
+        else []
+    )
+    if not subs:
+        return max(published_codes, key=severity, default=0)
     results = verify_all(
         subs,
         all_seeds=all_seeds,
@@ -362,11 +397,90 @@ def verify_submissions(
     )
     counts = {k: sum(v.judgement is not None and v.judgement.verdict == k for v in results) for k in VERDICTS}
     echo.out("verified " + ", ".join(f"{n} {k}" for k, n in counts.items()))
+    codes = list(published_codes)
     if any(v.error is not None for v in results):
-        return EXIT_BAD_INPUT
+        codes.append(EXIT_BAD_INPUT)
     if any(v.judgement is None for v in results):
-        return EXIT_CANCELLED
-    return 0 if counts["reproduced"] == len(results) else 1
+        codes.append(EXIT_CANCELLED)
+    codes.append(0 if counts["reproduced"] == len(results) else 1)
+    return max(codes, key=severity)
+
+
+def verify_published(
+    subs: list[Submission],
+    *,
+    seed: int | None,
+    runner: str | None,
+    options: dict[str, Any],
+    executor: ExecutorChoice,
+    echo: Echo,
+    sign_with: Path | None = None,
+) -> list[int]:
+    """Re-run each submission's manifest on the task's corpus seeds (or `seed`), write each record
+    to runs/ as it comes back, then judge every published claim of the submission against those
+    re-runs (compare.judge_published) and write verifications/published/<id>.json. Exit codes, one
+    per claim: 0 reproduced, 1 not, EXIT_CANCELLED when a re-run never came back."""
+    plan: dict[str, tuple[Submission, Job]] = {}
+    for sub in subs:
+        assert sub.manifest is not None
+        seeds = [seed] if seed is not None else list(get_task(sub.manifest.task).corpus_seeds)
+        for s in seeds:
+            job = Job.for_manifest(sub.manifest, seed=s, runner=runner or "local", runner_options=options)
+            plan[job.key] = (sub, dataclasses.replace(job, fresh_base=True))
+    started = utc_now()
+    reruns: dict[str, list[RunRecord]] = {sub.label: [] for sub in subs}
+
+    def begin(job: Job, where: str) -> None:
+        echo.err(f"{job.key}: re-running for its published claim{executor.where(where)}")
+
+    def done(result: JobResult) -> None:
+        sub, _ = plan[result.job.key]
+        if result.run is None:
+            echo.err(f"error: {result.error}")
+            return
+        path = land(result.run, sub.folder / RUNS_DIR)
+        echo.out(summary_line(result.run.record))
+        echo.out(f"record: {path}")
+        reruns[sub.label].append(result.run.record)
+
+    executor.make().map([job for _, job in plan.values()], begin, done)
+    codes = []
+    for sub in subs:
+        expected = sum(1 for s, _ in plan.values() if s is sub)
+        records = sorted(reruns[sub.label], key=lambda r: r.seed)
+        if len(records) < expected:
+            echo.err(f"{sub.label}: {expected - len(records)} re-run(s) did not come back: nothing judged")
+            codes.append(EXIT_CANCELLED)
+            continue
+        assert sub.manifest is not None
+        policy = get_task(sub.manifest.task).verification
+        for claim in sub.published:
+            judgement = judge_published(claim.metrics, claim.accelerator, records, policy)
+            record = PublishedVerificationRecord(
+                verification_id=new_published_verification_id(started),
+                submission=records[0].submission,
+                published=PublishedRef(claim.data["claim_id"], claim.sha256, claim.accelerator),
+                reruns=records,
+                policy=_policy_json(policy),
+                verdict=judgement.verdict,
+                comparisons=judgement.as_json()["comparisons"],
+                reasons=judgement.reasons,
+                started_at=timestamp(started),
+                finished_at=timestamp(utc_now()),
+            )
+            path = write_published_verification(sub.folder, record)
+            signature = sign(path, sign_with) if sign_with is not None else None
+            echo.out(
+                f"{sub.label}: published claim {claim.path.name} ({claim.accelerator}), "
+                f"{len(records)} re-run(s):"
+            )
+            echo.out(
+                report(
+                    Verification(sub.label, records[0].seed, claim.path, judgement, path, signature=signature)
+                )
+            )
+            codes.append(0 if judgement.verdict == REPRODUCED else 1)
+    return codes
 
 
 def sign_verifications(files: list[Path], key: Path, *, echo: Echo) -> int:
@@ -375,7 +489,8 @@ def sign_verifications(files: list[Path], key: Path, *, echo: Echo) -> int:
         if f.is_symlink() or not f.is_file():
             raise UsageError(f"{f}: not a plain file")
         try:
-            parse_verification(read_json(f), str(f))
+            published = f.parent.name == PUBLISHED_VERIFICATIONS_DIR
+            (parse_published_verification if published else parse_verification)(read_json(f), str(f))
         except (JSONReadError, OSError) as e:
             raise UsageError(f"{f}: {e}") from None
         if signature_path(f).exists() or signature_path(f).is_symlink():
@@ -390,8 +505,8 @@ def _chosen(paths: tuple[Path, ...], changed_since: str | None, root: Path, echo
     if paths:
         subs = select(paths)
         for s in subs:
-            if not s.claims:
-                why = "no success record for its current manifest"
+            if not s.claims and not s.published:
+                why = "no success record for its current manifest and no published claim"
                 unread = "".join(f"; {p.name} ignored: {reason}" for p, reason in s.ignored)
                 raise UsageError(f"{s.label}: {why}{unread}; run `peftrepro run {s.folder}` first")
         return subs

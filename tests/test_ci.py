@@ -201,3 +201,9 @@ def test_a_published_claim_is_append_only_like_a_record(tmp_path: Path) -> None:
             "records are append-only: claims/lora--r32-0123456789ab.json was changed"
         ]
     assert policy_problems(sub, {claim: "A"}, []) == []
+    # ... and so is a verification of one (verifications/published/)
+    v = folder / "verifications" / "published" / "20261202T100000Z-published-abcdef.json"
+    assert policy_problems(sub, {v: "M"}, []) == [
+        "records are append-only: verifications/published/20261202T100000Z-published-abcdef.json was changed"
+    ]
+    assert policy_problems(sub, {v: "A"}, []) == []
