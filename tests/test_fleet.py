@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -126,7 +128,19 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         "RAY_USAGE_STATS_ENABLED": "0",
     }
-    start = [str(RAY), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0"]
+    # Its own temp folder: the ctrl-c test reads its workers' log files there (a short path: Ray's
+    # socket names must fit in 107 bytes).
+    temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    os.environ["PEFTREPRO_TEST_RAY_TEMP"] = str(temp)
+    start = [
+        str(RAY),
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=2",
+        "--num-gpus=0",
+        f"--temp-dir={temp}",
+    ]
     subprocess.run(
         [*start, "--include-dashboard=false", "--disable-usage-stats"],
         env=env,
@@ -138,6 +152,8 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
+        os.environ.pop("PEFTREPRO_TEST_RAY_TEMP", None)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_ray_runs_give_the_records_of_local_runs(ray_address, write_manifest, tmp_path) -> None:
@@ -236,6 +252,12 @@ def test_ctrl_c_on_the_driver_leaves_a_cancelled_record_for_the_running_job(
         {"training": {**LORA_MANIFEST["training"], "max_steps": 100000, "eval_steps": 100000}}
     )
     env = {**os.environ, "TINY_MODEL_DIR": str(tiny_model_dir)}
+    logs = Path(os.environ["PEFTREPRO_TEST_RAY_TEMP"])
+
+    def checks_lines() -> int:
+        return sum(p.read_text(errors="replace").count("stage checks") for p in logs.rglob("worker-*.err"))
+
+    before = checks_lines()
     args = ["run", str(path), "--seeds", "0,1,2", "--executor", "ray", "--address", ray_address]
     proc = subprocess.Popen(
         [sys.executable, "tests/tiny.py", *args],
@@ -250,11 +272,19 @@ def test_ctrl_c_on_the_driver_leaves_a_cancelled_record_for_the_running_job(
     while first and not first.startswith("running "):
         first = proc.stderr.readline()
     assert first.startswith("running arithmetic/lora/tiny seed "), first
-    # Training by now: the worker first starts its warm template (a few seconds, more on a loaded
-    # machine), then loads the tiny model and runs the checks; 6 s was not always enough.
-    time.sleep(15.0)
+    # Wait until it trains: the worker first starts its warm template, loads the tiny model and
+    # runs the checks (a fixed 15 s was not always enough on a loaded machine). Its stage lines
+    # come through Ray's log forwarding; "stage checks" is the last one before the training steps.
+    # The driver does not forward worker output (log_to_driver=False), so the workers' log files
+    # are read: one more "stage checks" line than before this run is this job's.
+    deadline = time.monotonic() + 240
+    while checks_lines() <= before and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert checks_lines() > before, "the job did not reach its training steps in 240 s"
+    time.sleep(3.0)  # a few steps
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
+    out, rest = proc.communicate(timeout=120)
+    err = first + rest
     assert proc.returncode == 130, err
     [record] = [read_record(p).to_json() for p in list_records(path.parent)]
     assert record["status"] == "cancelled" and record["error"]["message"] == "stopped by SIGINT"
