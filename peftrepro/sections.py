@@ -121,7 +121,8 @@ def published_note(row: Row, claim: StoredClaim) -> str:
         v = found.verification
         reruns = v.reruns
         here = ", ".join(sorted({rerun_accelerator(r) for r in reruns}))
-        said += f"; re-run here on {here} ({len(reruns)} seeds): {v.verdict.replace('_', ' ')}"
+        seeds = f"{len(reruns)} seed{'s' if len(reruns) != 1 else ''}"
+        said += f"; re-run here on {here} ({seeds}): {v.verdict.replace('_', ' ')}"
         band = next((c["detail"] for c in v.comparisons if c["metric"] == score_key), None)
         if band:
             said += f" ({score_key} {band})"

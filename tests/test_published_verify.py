@@ -146,7 +146,7 @@ def test_verify_re_runs_the_manifest_and_judges_the_claim_the_page_shows_it(
     assert result.exit_code == 0, result.output
     page = (root.parent / "lb" / "metamathqa.md").read_text()
     assert (
-        "re-run here on cpu (1 seeds): not reproduced" in page
+        "re-run here on cpu (1 seed): not reproduced" in page
         and "not counted until a listed verifier" in page
     )
 
