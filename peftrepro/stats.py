@@ -129,9 +129,14 @@ def _spread(tables: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     overstated: a close call comes out a tie. One seed: the item term alone."""
     _, s, n = tables.shape
     items = tables.mean(axis=1).var(axis=1, ddof=1) / n if n > 1 else np.zeros(len(tables))
+    seeds = tables.mean(axis=2).var(axis=1, ddof=1) / s if s > 1 else np.zeros(len(tables))
+    return _combine(seeds, items, s, n)
+
+
+def _combine(seeds: np.ndarray, items: np.ndarray, s: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The standard error from its seed and item variance terms, and Welch-Satterthwaite's df."""
     if s == 1:
-        return np.sqrt(items), np.full(len(tables), float(max(n - 1, 1)))
-    seeds = tables.mean(axis=2).var(axis=1, ddof=1) / s
+        return np.sqrt(items), np.full(len(items), float(max(n - 1, 1)))
     total = seeds + items
     parts = seeds**2 / (s - 1) + (items**2 / (n - 1) if n > 1 else 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -225,6 +230,8 @@ class _Block:
         lengths = {self.lengths[i] for i in at} | {len(other[s]) for s in common}
         if not mine or len(common) < MIN_SEEDS or len(lengths) != 1:
             return None
+        if self.table is not None and common == self.seeds:
+            return self._versus_all_seeds(mine, _table(other, common))
         if self.table is not None:
             picked = self.table[np.ix_(mine, at)]
         else:
@@ -232,6 +239,36 @@ class _Block:
         diff = picked - _table(other, common)
         se, df = _spread(diff)
         return [self.keys[i] for i in mine], diff.mean(axis=(1, 2)), se, df, len(common)
+
+    @functools.cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row, once: its seed means (G x S), its item means over seeds centred (G x N), and
+        their sum of squares (G): what every comparison with a leader needs from this block."""
+        assert self.table is not None
+        item_means = self.table.mean(axis=1)
+        centred = item_means - item_means.mean(axis=1, keepdims=True)
+        return self.table.mean(axis=2), centred, np.einsum("gn,gn->g", centred, centred)
+
+    def _versus_all_seeds(
+        self, mine: list[int], other: np.ndarray
+    ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray, int]:
+        """`versus` on all of this block's seeds without forming the row-minus-leader tables: the
+        seed means of a difference are differences of seed means, and the variance of its item
+        means is var(a) + var(b) - 2 cov(a, b), one matrix-vector product for the block."""
+        seed_means, centred, squares = self._moments
+        s, n = other.shape
+        d_seeds = seed_means[mine] - other.mean(axis=1)
+        effect = d_seeds.mean(axis=1)
+        if n > 1:
+            b = other.mean(axis=0)
+            b = b - b.mean()
+            var_items = (squares[mine] + b @ b - 2 * (centred[mine] @ b)) / (n - 1)
+            items = np.maximum(var_items, 0.0) / n
+        else:
+            items = np.zeros(len(mine))
+        seeds = d_seeds.var(axis=1, ddof=1) / s if s > 1 else np.zeros(len(mine))
+        se, df = _combine(seeds, items, s, n)
+        return [self.keys[i] for i in mine], effect, se, df, s
 
 
 def _blocks(rows: Mapping[str, Mapping[int, np.ndarray]]) -> list[_Block]:

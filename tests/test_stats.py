@@ -193,3 +193,25 @@ def test_rank_agreement_matches_scipy_and_its_interval_is_deterministic() -> Non
     assert stats.rank_agreement([1, 2, 3, 4], [4, 3, 2, 1]).kendall == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="at least 3"):
         stats.rank_agreement([1, 2], [1, 2])
+
+
+def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tables_give() -> None:
+    """paired_all/tiers compare a leader with a whole block through moments (seed means, centred
+    item means): the same effects, standard errors and df as forming each row-minus-leader
+    seeds x items table and taking _spread of it, to rounding."""
+    rng = np.random.default_rng(5)
+    rows = {
+        f"r{i}": {s: (rng.random(300) < 0.3 + 0.02 * i + 0.05 * s).astype(np.uint8) for s in range(3)}
+        for i in range(12)
+    }
+    leader = rows.pop("r11")
+    [block] = stats._blocks(rows)
+    keys, effect, se, df, n = block.versus(leader, set(rows))
+    tables = np.stack([stats._table(rows[k], (0, 1, 2)) for k in keys]) - stats._table(leader, (0, 1, 2))
+    want_se, want_df = stats._spread(tables)
+    assert n == 3
+    assert np.allclose(effect, tables.mean(axis=(1, 2)), rtol=0, atol=1e-15)
+    assert np.allclose(se, want_se, rtol=1e-9, atol=0) and np.allclose(df, want_df, rtol=1e-9, atol=0)
+    # a leader on other seeds than the block's takes the general path, with the same result shape
+    partial = {s: leader[s] for s in (0, 1)}
+    assert block.versus(partial, set(rows))[4] == 2
