@@ -224,7 +224,7 @@ def judge(claim: RunRecord, rerun: RunRecord, policy: VerificationPolicy) -> Jud
 PUBLISHED_SCORES = ("test_accuracy", "test_concept_score", "forgetting_same_position", "drift")
 # Figures another toolkit writes its own way: shown, never judged (file headers differ by peft
 # version; their final loss is their loop's average).
-PUBLISHED_INFORMATIONAL = ("adapter_bytes", "train_loss_final", "valid_curve")
+PUBLISHED_INFORMATIONAL = ("adapter_bytes", "train_loss_final")
 
 
 def prediction_band(values: list[float], floor: float) -> tuple[float, str]:

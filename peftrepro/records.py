@@ -8,6 +8,7 @@ canonical sha256 and carries the resolved config it ran, the measured metrics an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import secrets
 from dataclasses import dataclass, field
@@ -339,40 +340,33 @@ class VerificationRecord:
     schema_version: int = VERIFICATION_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "verification_id": self.verification_id,
-            "toolkit": self.toolkit,
-            "submission": self.submission.to_json(),
-            "claim": self.claim.to_json(),
-            "rerun": self.rerun.to_json(),
-            "policy": self.policy,
-            "verdict": self.verdict,
-            "comparisons": self.comparisons,
-            "environment_diff": self.environment_diff,
-            "reasons": self.reasons,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
+        return _fields_json(self)
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> VerificationRecord:
         """From a schema-valid verification (its `rerun` checked as a run record too)."""
         return cls(
-            verification_id=obj["verification_id"],
-            submission=SubmissionRef(**obj["submission"]),
-            claim=ClaimRef(**obj["claim"]),
-            rerun=RunRecord.from_json(obj["rerun"]),
-            policy=obj["policy"],
-            verdict=obj["verdict"],
-            comparisons=obj["comparisons"],
-            environment_diff=obj["environment_diff"],
-            reasons=obj["reasons"],
-            started_at=obj["started_at"],
-            finished_at=obj["finished_at"],
-            toolkit=obj["toolkit"],
-            schema_version=obj["schema_version"],
+            **{
+                **obj,
+                "submission": SubmissionRef(**obj["submission"]),
+                "claim": ClaimRef(**obj["claim"]),
+                "rerun": RunRecord.from_json(obj["rerun"]),
+            }
         )
+
+
+def _fields_json(record: Any) -> dict[str, Any]:
+    """A verification dataclass as JSON, field by field; nested records by their own `to_json`
+    (key order does not matter: pretty_bytes sorts keys)."""
+
+    def one(value: Any) -> Any:
+        return value.to_json() if hasattr(value, "to_json") else value
+
+    out = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        out[f.name] = [one(v) for v in value] if isinstance(value, list) else one(value)
+    return out
 
 
 def parse_verification(obj: Any, file: str) -> VerificationRecord:
@@ -424,20 +418,7 @@ class PublishedVerificationRecord:
     schema_version: int = VERIFICATION_SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": self.schema_version,
-            "verification_id": self.verification_id,
-            "verdict": self.verdict,
-            "toolkit": self.toolkit,
-            "submission": self.submission.to_json(),
-            "published": self.published.to_json(),
-            "reruns": [r.to_json() for r in self.reruns],
-            "policy": self.policy,
-            "comparisons": self.comparisons,
-            "reasons": self.reasons,
-            "started_at": self.started_at,
-            "finished_at": self.finished_at,
-        }
+        return _fields_json(self)
 
 
 def new_published_verification_id(started: datetime) -> str:
@@ -446,23 +427,15 @@ def new_published_verification_id(started: datetime) -> str:
 
 def parse_published_verification(obj: Any, file: str) -> PublishedVerificationRecord:
     schemas.check(obj, schemas.PUBLISHED_VERIFICATION, file, RecordError)
-    reruns = []
     for rerun in obj["reruns"]:
         schemas.check(rerun, schemas.RUN_RECORD, file, RecordError)
-        reruns.append(RunRecord.from_json(rerun))
     return PublishedVerificationRecord(
-        verification_id=obj["verification_id"],
-        submission=SubmissionRef(**obj["submission"]),
-        published=PublishedRef(**obj["published"]),
-        reruns=reruns,
-        policy=obj["policy"],
-        verdict=obj["verdict"],
-        comparisons=obj["comparisons"],
-        reasons=obj["reasons"],
-        started_at=obj["started_at"],
-        finished_at=obj["finished_at"],
-        toolkit=obj["toolkit"],
-        schema_version=obj["schema_version"],
+        **{
+            **obj,
+            "submission": SubmissionRef(**obj["submission"]),
+            "published": PublishedRef(**obj["published"]),
+            "reruns": [RunRecord.from_json(r) for r in obj["reruns"]],
+        }
     )
 
 
