@@ -94,6 +94,9 @@ def main() -> None:
             ("local, 1 process", ExecutorChoice("local", jobs=1).make()),
             ("local, 2 processes", ExecutorChoice("local", jobs=2).make()),
             ("ray, this machine", ExecutorChoice("ray", address=f"127.0.0.1:{port}").make()),
+            # The same jobs again: Ray keeps its worker processes, and each its job template, so this
+            # is the per-job cost once a cluster's workers have imported the job stack.
+            ("ray, warm workers", ExecutorChoice("ray", address=f"127.0.0.1:{port}").make()),
         ):
             runs = root / "runs" / label.replace(" ", "").replace(",", "-")
             got: dict[int, dict] = {}
@@ -131,6 +134,7 @@ def main() -> None:
         for r in records.values()
     )
     one, two, ray = walls["local, 1 process"], walls["local, 2 processes"], walls["ray, this machine"]
+    warm = walls["ray, warm workers"]
     per_job = sum(b["metrics"]["total_seconds"] for b in base.values()) / len(base)
     print()
     print(f"machine: {os.cpu_count()} CPUs; {args.jobs} jobs of {args.steps} steps ({per_job:.1f} s each)")
@@ -138,6 +142,8 @@ def main() -> None:
     print(f"ray / local 2 processes:             {ray / two:.2f} (wall)")
     print(f"ray / local 1 process:               {ray / one:.2f} (wall)")
     print(f"ray overhead per job at 2 at a time: {(ray - two) * 2 / args.jobs:+.2f} s")
+    warm_overhead = (warm - two) * 2 / args.jobs
+    print(f"... with warm workers:               {warm_overhead:+.2f} s (ray/local {warm / two:.2f})")
     print(f"ray cluster start (not in the above): {ray_start:.1f} s")
     print(f"records measured the same under all three: {'yes' if same else 'NO'}")
     if not same:

@@ -489,14 +489,15 @@ def load_tree(
             orphans.extend(
                 (p, "verification for a missing manifest") for p in _files(folder / VERIFICATIONS_DIR)
             )
-    with _no_gc():
+    with paused_gc():
         return _load_all(folders, signers, parallel_from), orphans
 
 
 @contextlib.contextmanager
-def _no_gc() -> Iterator[None]:
+def paused_gc() -> Iterator[None]:
     """Reading builds ~100 small acyclic objects per record; the cyclic collector's full passes over
-    them (each pass walks everything read so far) cost up to a third of a large tree's load."""
+    them (each pass walks everything read so far) cost up to a third of a large tree's load, and as
+    much again in the rows and plot built from them (pages.render pauses it throughout)."""
     was = gc.isenabled()
     gc.disable()
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from peftrepro.collect import Submission, describe_ignored, load_tree
+from peftrepro.collect import Submission, describe_ignored, load_tree, paused_gc
 from peftrepro.console import Echo
 from peftrepro.errors import UsageError
 from peftrepro.jsonio import replace_file
@@ -147,6 +147,11 @@ def _metrics_section() -> list[str]:
 def render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     """The leaderboard's files for the tree at `root`, as they would be written into `out`;
     and the ignored files, one line each (for the terminal)."""
+    with paused_gc():
+        return _render(root, out)
+
+
+def _render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     subs, orphans = load_tree(root)
     root_rel = Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
     tasks = sorted({s.key[0] for s in subs if s.key[0] in task_names()})

@@ -7,6 +7,7 @@ that a contributor edits values instead of looking up names; fields the manifest
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -67,12 +68,61 @@ def peft_defaults(peft_type: str) -> dict[str, Any]:
     return out
 
 
+# Training settings a transplant keeps as the public experiment wrote them: what the method is
+# (its optimizer and that optimizer's own arguments), not the budget of the GPU run.
+TRANSPLANT_KEEPS = {"optimizer_type", "init_kv_cache_prefix"}
+# AdaLoRA's schedule is counted in steps: it is scaled with the track's max_steps.
+STEP_FIELDS = ("total_step", "tinit", "tfinal", "deltaT")
+
+
+def transplant(source: dict[str, Any], task: str) -> tuple[dict[str, Any] | None, dict[str, Any], str]:
+    """A public experiment's manifest (`source`, of the task that `task` stands in for) carried to
+    the CPU track `task` under the track's conditions: the same PEFT config, its learning rate
+    relative to its own task's default kept (theirs x track default / their default), the track's
+    budget. Returns (peft_config, training overrides, what was changed, for the description)."""
+    ours, theirs = get_task(task).training_defaults, get_task(source["task"]).training_defaults
+    given = source.get("training") or {}
+    factor = ours["optimizer_kwargs"]["lr"] / theirs["optimizer_kwargs"]["lr"]
+    kwargs = {**(given.get("optimizer_kwargs") or {})}
+    their_lr = kwargs.get("lr", theirs["optimizer_kwargs"]["lr"])
+    kwargs["lr"] = float(f"{their_lr * factor:.6g}")
+    training = {k: v for k, v in given.items() if k in TRANSPLANT_KEEPS}
+    training["optimizer_kwargs"] = kwargs
+    dropped = sorted(k for k in given if k not in TRANSPLANT_KEEPS and k != "optimizer_kwargs")
+    peft_config = copy.deepcopy(source["peft_config"])
+    steps = ours["max_steps"] / theirs["max_steps"]
+    if peft_config is not None and peft_config.get("peft_type") == "ADALORA":
+        for k in STEP_FIELDS:
+            if isinstance(peft_config.get(k), int):
+                peft_config[k] = max(1, round(peft_config[k] * steps))
+        peft_config.setdefault("total_step", ours["max_steps"])
+    default, their_default = ours["optimizer_kwargs"]["lr"], theirs["optimizer_kwargs"]["lr"]
+    note = (
+        f"learning rate {their_lr:g} x {factor:g} (this track's default {default:g} over theirs "
+        f"{their_default:g}) = {kwargs['lr']:g}"
+    )
+    if dropped:
+        note += f"; their {', '.join(dropped)} left out (this track's own apply)"
+    return peft_config, training, note
+
+
 def skeleton(task: str, method: str, name: str, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A manifest for task/method/name: from `source` (another manifest) or the method's defaults."""
+    """A manifest for task/method/name: from `source` (another manifest) or the method's defaults.
+    A source of the published task that `task` stands in for is transplanted (see `transplant`)."""
     family = FAMILIES.get(method)
     if family is None:
         raise UsageError(f"unknown method family {method!r}; `peftrepro list methods` shows them")
-    if source is not None:
+    texts: dict[str, Any] = {}  # a transplant's title, authors and description
+    if source is not None and source["task"] != task and get_task(task).published_task == source["task"]:
+        peft_config, training, note = transplant(source, task)
+        origin = f"{source['task']}/{source['method']}/{source['name']}"
+        texts = {
+            "title": f"{origin} of the public comparison, on the {task} track",
+            "authors": source["authors"],
+            "description": f"The public experiment {origin} transplanted by `peftrepro new --from`: "
+            f"its PEFT config as it is, under this track's conditions; {note}.",
+        }
+    elif source is not None:
         peft_config = source["peft_config"]
         training = dict(source.get("training", {}))
     else:
@@ -97,6 +147,7 @@ def skeleton(task: str, method: str, name: str, source: dict[str, Any] | None = 
         "description": f"How the hyperparameters were chosen, and on which split {PLACEHOLDER}.",
         "peft_config": peft_config,
     }
+    doc.update(texts)
     if training:
         doc["training"] = training
     return doc

@@ -8,7 +8,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from peftrepro.cli import main
-from peftrepro.manifest import resolve
+from peftrepro.manifest import load_raw, resolve
 from peftrepro.methods import FAMILIES
 from peftrepro.scaffold import PLACEHOLDER, new_submission
 from tests.golden_tree import GOLDEN
@@ -46,6 +46,48 @@ def test_new_from_an_existing_submission_copies_its_settings(tmp_path: Path) -> 
     m = resolve(new)
     assert m.peft_config is not None and m.peft_config["r"] == 16
     assert m.training.optimizer_type == "lora-fa" and m.training.optimizer_kwargs["lr"] == 1e-3
+
+
+PUBLIC = Path("submissions/metamathqa")
+
+
+def test_a_public_experiment_is_transplanted_to_its_cpu_track_under_the_tracks_conditions(
+    tmp_path: Path,
+) -> None:
+    """The same PEFT config, the learning rate relative to its task's default (30 = arithmetic's
+    3e-3 over metamathqa's 1e-4), the track's budget; what makes the method (its optimizer, a
+    prefix's initial text) kept; AdaLoRA's step schedule scaled to the track's max_steps."""
+    ia3 = resolve(
+        new_submission(tmp_path, "arithmetic", "ia3", "x", PUBLIC / "ia3/llama-3.2-3b-all-attn-5k-lr0.005")
+    )
+    source = load_raw(PUBLIC / "ia3/llama-3.2-3b-all-attn-5k-lr0.005/manifest.json")
+    assert ia3.raw["peft_config"] == source["peft_config"]
+    assert ia3.training.optimizer_kwargs == {"lr": 0.15, "weight_decay": 0.0}  # 0.005 x 30; the track's decay
+    assert ia3.training.max_steps == 120 and ia3.training.batch_size == 16  # the track's budget
+    assert "0.005 x 30" in ia3.raw["description"] and "metamathqa/ia3/" in ia3.raw["title"]
+    fa = resolve(
+        new_submission(tmp_path, "arithmetic", "lora-fa", "x", PUBLIC / "lora-fa/llama-3.2-3b-rank32-lorafa")
+    )
+    assert fa.training.optimizer_type == "lora-fa"
+    assert fa.training.optimizer_kwargs == {"r": 32, "lora_alpha": 64, "lr": 3e-3, "weight_decay": 0.0}
+    prefix = PUBLIC / "prefix-tuning/llama-3.2-3b-tokens50-init_prefix-lr_0.005"
+    kept = resolve(new_submission(tmp_path, "arithmetic", "prefix-tuning", "x", prefix))
+    assert (
+        kept.training.init_kv_cache_prefix
+        == load_raw(prefix / "manifest.json")["training"]["init_kv_cache_prefix"]
+    )
+    ada = resolve(
+        new_submission(tmp_path, "arithmetic", "adalora", "x", PUBLIC / "adalora/llama-3.2-3b-rank32")
+    )
+    assert ada.peft_config is not None
+    assert (ada.peft_config["total_step"], ada.peft_config["tinit"], ada.peft_config["tfinal"]) == (
+        120,
+        5,
+        12,
+    )
+    # A manifest of an unrelated task is copied as it is (the test above): only a stand-in transplants.
+    digits = new_submission(tmp_path, "digits", "lora", "x", PUBLIC / "lora/llama-3.2-3b-rank32")
+    assert "transplanted" not in load_raw(digits)["description"]
 
 
 def test_new_refuses_bad_input_with_one_line_and_loses_nothing(tmp_path: Path) -> None:

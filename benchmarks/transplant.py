@@ -1,0 +1,84 @@
+"""Carry every public experiment of a published task to a CPU track: one manifest each, for a design
+candidate or a corpus.
+
+Each manifest is what `peftrepro new TASK METHOD NAME --from submissions/<published>/METHOD/NAME`
+writes (scaffold.transplant: the same PEFT config, the learning rate relative to its task's
+default, the track's budget), in a tree of its own (`--into`), then validated with its config
+attached to the track's model. A public config the small model cannot take is listed with
+`validate`'s one-line reason and left out. `--set KEY=JSON` puts the same training override into
+every manifest (a design candidate's budget, e.g. max_steps=60), `--lr-scale F` multiplies every
+transplanted learning rate (a candidate's rate factor), so that all experiments of a candidate run
+under identical conditions.
+
+    .venv/bin/python benchmarks/transplant.py --to arithmetic --into /tmp/design-a [--set max_steps=60]
+        [--methods lora,ia3,...] [--lr-scale 0.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from peftrepro.errors import PeftreproError
+from peftrepro.jsonio import pretty_bytes
+from peftrepro.manifest import find_manifests, load_raw
+from peftrepro.scaffold import new_submission
+from peftrepro.tasks import get_task
+from peftrepro.validate import validate_one
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--to", required=True, help="the CPU track (a task with a published_task)")
+    parser.add_argument("--into", type=Path, required=True, help="the submissions tree to write")
+    parser.add_argument("--submissions", type=Path, default=Path("submissions"))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
+    parser.add_argument("--lr-scale", type=float, default=1.0)
+    parser.add_argument("--methods", help="comma-separated method families (default: all)")
+    args = parser.parse_args()
+    published = get_task(args.to).published_task
+    if published is None:
+        sys.exit(f"error: task {args.to!r} stands in for no published task")
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    wanted = set(args.methods.split(",")) if args.methods else None
+    written, refused, prepared = 0, [], {}  # type: ignore[var-annotated]
+    for source in find_manifests([args.submissions / published]):
+        method, name = source.parent.parent.name, source.parent.name
+        if wanted is not None and method not in wanted:
+            continue
+        try:
+            path = new_submission(args.into, args.to, method, name, source)
+        except PeftreproError as e:
+            refused.append(f"{method}/{name}: {e.message}")
+            continue
+        doc = load_raw(path)
+        training = doc.setdefault("training", {})
+        training.update(overrides)
+        training["optimizer_kwargs"]["lr"] = float(
+            f"{training['optimizer_kwargs']['lr'] * args.lr_scale:.6g}"
+        )
+        if overrides or args.lr_scale != 1.0:
+            doc["description"] += f" Design candidate: {json.dumps(overrides)}, lr x {args.lr_scale:g}."
+            path.write_bytes(pretty_bytes(doc))
+        checked = validate_one(path, prepared=prepared)
+        if checked.error is not None:
+            refused.append(f"{method}/{name}: {checked.error.message}")
+            path.unlink()
+            path.parent.rmdir()
+            continue
+        written += 1
+        lr = training["optimizer_kwargs"]["lr"]
+        print(f"{method}/{name}: lr {lr:g}, {checked.trainable_params:,} trainable")
+    print(f"{written} transplanted into {args.into / args.to}; {len(refused)} refused:")
+    for line in refused:
+        print(f"  {line}")
+
+
+if __name__ == "__main__":
+    main()
