@@ -14,6 +14,8 @@ the rows compared, and the largest rank differences.
 
     .venv/bin/python benchmarks/agreement.py --task arithmetic --version 1
     .venv/bin/python benchmarks/agreement.py --task digits --axes score,drift
+    .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b
+        (a design candidate's tree, from benchmarks/transplant.py; the claims stay in submissions/)
 """
 
 from __future__ import annotations
@@ -135,7 +137,10 @@ def main() -> None:
     parser.add_argument("--version", help="task version of our records (default: the current one)")
     parser.add_argument("--against", help="the published task (default: the task's published_task)")
     parser.add_argument("--axes", default="score", help="comma-separated: score, drift")
-    parser.add_argument("--submissions", type=Path, default=ROOT / "submissions")
+    parser.add_argument("--submissions", type=Path, default=ROOT / "submissions", help="our records' tree")
+    parser.add_argument(
+        "--published", type=Path, default=ROOT / "submissions", help="the tree with the published claims"
+    )
     args = parser.parse_args()
     task = get_task(args.task)
     against = args.against or task.published_task
@@ -146,7 +151,7 @@ def main() -> None:
         parser.error(f"unknown axes {unknown}; known: {', '.join(AXES)}")
     version = args.version or task.version
     ours = {r.key: r for r in our_rows(args.submissions, args.task, version, axes)}
-    theirs = their_rows(args.submissions, against)
+    theirs = their_rows(args.published, against)
     print(
         f"## {args.task} version {version} ({len(ours)} rows) against the published {against} "
         f"({len(theirs)} experiments)"
