@@ -152,6 +152,7 @@ def check_attach(
     data-driven): check_trainable runs after the real attach then. `model` and the RNG state are
     left as they were."""
     limit_s = ATTACH_LIMIT_S if limit_s is None else limit_s
+    check_token_indices(model, config, file)
     skeleton = weightless_copy(model)
     _, base_total = count_params(skeleton)
     rng = torch.random.get_rng_state()
@@ -171,6 +172,30 @@ def check_attach(
         torch.random.set_rng_state(rng)
     check_trainable(count_params(attached)[0], base_total, file)
     return attached
+
+
+TOKEN_FIELDS = ("token_indices", "trainable_token_indices")  # TRAINABLE_TOKENS; LoRA's extra tokens
+
+
+def check_token_indices(model: torch.nn.Module, config: PeftConfig, file: str) -> None:
+    """Token ids a config trains must exist in the model's vocabulary: a public config written for
+    Llama-3's 128k vocabulary (BOS 128000) attaches to a smaller model's embedding without complaint
+    on the meta device, and would fail only in the run."""
+    get = getattr(model, "get_input_embeddings", None)
+    size = getattr(get() if callable(get) else None, "num_embeddings", None)
+    if not isinstance(size, int):
+        return
+    for name in TOKEN_FIELDS:
+        value = getattr(config, name, None)
+        for ids in value.values() if isinstance(value, dict) else [value] if value else []:
+            bad = [i for i in ids if not (isinstance(i, int) and 0 <= i < size)]
+            if bad:
+                raise ManifestError(
+                    file,
+                    f"/peft_config/{name}",
+                    f"token ids {', '.join(map(str, bad[:3]))} are not in the task's model's vocabulary "
+                    f"(ids 0 to {size - 1})",
+                )
 
 
 def check_trainable(trainable: int, base_total: int, file: str) -> None:

@@ -294,3 +294,26 @@ def test_a_run_records_its_checks_and_they_do_not_change_the_run(write_manifest,
     unchecked = run_local(manifest, seed=1).record.to_json()
     for key in ("adapter_sha256", "test_accuracy", "train_loss_final", "valid_curve"):
         assert checked["metrics"][key] == unchecked["metrics"][key]
+
+
+def test_token_ids_outside_the_models_vocabulary_are_refused_before_attaching(prepared: Prepared) -> None:
+    """A public config names Llama-3's BOS and EOS (128000, 128001): on a smaller vocabulary it is
+    refused at validate, naming the field, not left to fail in the run."""
+    from peft import TrainableTokensConfig
+
+    from peftrepro.errors import ManifestError
+
+    size = prepared.model.get_input_embeddings().num_embeddings
+    bad = [
+        (TrainableTokensConfig(task_type="CAUSAL_LM", token_indices=[0, size]), "token_indices"),
+        (LoraConfig(**LORA, trainable_token_indices=[size + 5]), "trainable_token_indices"),
+    ]
+    for config, field in bad:
+        with pytest.raises(ManifestError) as caught:
+            peftconfig.check_attach(prepared.model, config, "m.json")
+        assert (
+            f"/peft_config/{field}" in caught.value.message
+            and "not in the task's model's vocabulary" in caught.value.message
+        )
+    fine = TrainableTokensConfig(task_type="CAUSAL_LM", token_indices=[0, size - 1])
+    assert peftconfig.check_attach(prepared.model, fine, "m.json") is not None
