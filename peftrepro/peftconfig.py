@@ -153,6 +153,7 @@ def check_attach(
     left as they were."""
     limit_s = ATTACH_LIMIT_S if limit_s is None else limit_s
     check_token_indices(model, config, file)
+    check_model_fields(model, config, file)
     skeleton = weightless_copy(model)
     _, base_total = count_params(skeleton)
     rng = torch.random.get_rng_state()
@@ -172,6 +173,31 @@ def check_attach(
         torch.random.set_rng_state(rng)
     check_trainable(count_params(attached)[0], base_total, file)
     return attached
+
+
+# Prompt-learning fields peft fills from the model's config when they are left out (peft's
+# _prepare_prompt_learning_config); a saved config carries its own model's values.
+MODEL_FIELDS = {
+    "token_dim": "hidden_size",
+    "num_layers": "num_hidden_layers",
+    "num_attention_heads": "num_attention_heads",
+}
+
+
+def check_model_fields(model: torch.nn.Module, config: PeftConfig, file: str) -> None:
+    """A prompt-learning config that names another model's width, depth or heads (a config saved on
+    Llama-3.2-3B says token_dim 3072) attaches on the meta device and fails only when its adapter is
+    reloaded: refuse it here, naming the field."""
+    model_config = getattr(model, "config", None)
+    for name, attr in MODEL_FIELDS.items():
+        value, want = getattr(config, name, None), getattr(model_config, attr, None)
+        if isinstance(value, int) and isinstance(want, int) and value != want:
+            raise ManifestError(
+                file,
+                f"/peft_config/{name}",
+                f"{value} does not fit the task's model ({attr} {want}); leave it out and peft takes it "
+                "from the model",
+            )
 
 
 TOKEN_FIELDS = ("token_indices", "trainable_token_indices")  # TRAINABLE_TOKENS; LoRA's extra tokens

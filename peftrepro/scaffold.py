@@ -23,6 +23,7 @@ from peftrepro.leaderboard import task_rows
 from peftrepro.manifest import FORBIDDEN_FIELDS, MANIFEST_FILE, NAME_RE, load_raw, resolve
 from peftrepro.methods import FAMILIES, UNSUPPORTED_TYPES, UNSUPPORTED_VARIANTS, starter
 from peftrepro.metrics import METRICS_BY_KEY
+from peftrepro.peftconfig import MODEL_FIELDS
 from peftrepro.tasks import get_task, task_names
 from peftrepro.validate import validate_one
 
@@ -90,6 +91,9 @@ def transplant(source: dict[str, Any], task: str) -> tuple[dict[str, Any] | None
     training["optimizer_kwargs"] = kwargs
     dropped = sorted(k for k in given if k not in TRANSPLANT_KEEPS and k != "optimizer_kwargs")
     peft_config = copy.deepcopy(source["peft_config"])
+    derived = sorted(k for k in MODEL_FIELDS if peft_config is not None and k in peft_config)
+    for k in derived:  # their model's width, depth and heads: peft fills ours
+        del peft_config[k]
     steps = ours["max_steps"] / theirs["max_steps"]
     if peft_config is not None and peft_config.get("peft_type") == "ADALORA":
         for k in STEP_FIELDS:
@@ -103,6 +107,8 @@ def transplant(source: dict[str, Any], task: str) -> tuple[dict[str, Any] | None
     )
     if dropped:
         note += f"; their {', '.join(dropped)} left out (this track's own apply)"
+    if derived:
+        note += f"; their model's {', '.join(derived)} left out (peft takes them from this model)"
     return peft_config, training, note
 
 

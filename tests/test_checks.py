@@ -317,3 +317,19 @@ def test_token_ids_outside_the_models_vocabulary_are_refused_before_attaching(pr
         )
     fine = TrainableTokensConfig(task_type="CAUSAL_LM", token_indices=[0, size - 1])
     assert peftconfig.check_attach(prepared.model, fine, "m.json") is not None
+
+
+def test_a_prompt_config_sized_for_another_model_is_refused_before_attaching(prepared: Prepared) -> None:
+    """Saved on Llama-3.2-3B, a prompt-tuning config says token_dim 3072: it attaches on the meta
+    device and failed only at the round trip of a run; validate refuses it, naming the field."""
+    from peft import PromptTuningConfig
+
+    from peftrepro.errors import ManifestError
+
+    width = prepared.model.config.hidden_size
+    config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, token_dim=width + 1)
+    with pytest.raises(ManifestError) as caught:
+        peftconfig.check_attach(prepared.model, config, "m.json")
+    assert "/peft_config/token_dim" in caught.value.message and f"hidden_size {width}" in caught.value.message
+    fits = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, token_dim=width)
+    assert peftconfig.check_attach(prepared.model, fits, "m.json") is not None

@@ -85,6 +85,12 @@ def test_a_public_experiment_is_transplanted_to_its_cpu_track_under_the_tracks_c
         5,
         12,
     )
+    # Their model's width, depth and heads are left out: peft takes this model's.
+    prompt = new_submission(
+        tmp_path, "arithmetic", "prompt-tuning", "x", PUBLIC / "prompt-tuning/llama-3.2-3b-default"
+    )
+    assert not {"token_dim", "num_layers", "num_attention_heads"} & set(load_raw(prompt)["peft_config"])
+    assert "token_dim left out" in load_raw(prompt)["description"]
     # A manifest of an unrelated task is copied as it is (the test above): only a stand-in transplants.
     digits = new_submission(tmp_path, "digits", "lora", "x", PUBLIC / "lora/llama-3.2-3b-rank32")
     assert "transplanted" not in load_raw(digits)["description"]
