@@ -45,6 +45,7 @@ class Ours:
     means: dict[str, float]  # axis -> mean over seeds
     std: float  # sample std of the headline score over seeds (nan for one seed)
     seeds: int
+    seconds: list[float]  # each seed's total_seconds (train and evaluation)
 
 
 def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[Ours]:
@@ -62,7 +63,8 @@ def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[
             if all(keys[axis] in m for m in runs.values())
         }
         std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
-        rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores)))
+        seconds = [float(m["total_seconds"]) for m in runs.values() if "total_seconds" in m]
+        rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores), seconds))
     return rows
 
 
@@ -113,17 +115,22 @@ def compare(
     print("|---|---|---|---|---|---|---|")
     for i in order:
         item, tk, tv, ok, ov, sd = pairs[i]
+        spread = "–" if sd != sd else f"{sd:.3f}"  # nan: one seed
         print(
-            f"| {item} | {tv:.3f} ({tk}) | {rt[i]:g} | {ov:.3f} ({ok}) | {sd:.3f} | {ro[i]:g} "
+            f"| {item} | {tv:.3f} ({tk}) | {rt[i]:g} | {ov:.3f} ({ok}) | {spread} | {ro[i]:g} "
             f"| {ro[i] - rt[i]:+g} |"
         )
     a = stats.rank_agreement(theirs, ours)
     stds = [p[5] for p in pairs if p[5] == p[5]]
+    spread = (
+        f"{statistics.median(stds):.3f} over the {len(stds)} with two seeds or more"
+        if stds
+        else "– (one seed each)"
+    )
     print(
         f"\nn {a.n}; Spearman {a.spearman:.2f} (95% bootstrap interval {a.spearman_interval.low:.2f} to "
         f"{a.spearman_interval.high:.2f}); Kendall {a.kendall:.2f} ({a.kendall_interval.low:.2f} to "
-        f"{a.kendall_interval.high:.2f}); median seed std here "
-        f"{statistics.median(stds) if stds else float('nan'):.3f}"
+        f"{a.kendall_interval.high:.2f}); median seed std here {spread}"
     )
     worst = sorted(range(len(pairs)), key=lambda i: (-abs(ro[i] - rt[i]), pairs[i][0]))[:5]
     print("largest rank differences: " + "; ".join(f"{pairs[i][0]} {ro[i] - rt[i]:+g}" for i in worst))
@@ -157,6 +164,9 @@ def main() -> None:
         f"({len(theirs)} experiments)"
     )
 
+    seconds = [t for r in ours.values() for t in r.seconds]
+    if seconds:
+        print(f"minutes per run here: median {statistics.median(seconds) / 60:.1f} over {len(seconds)} runs")
     our_best = best_per_family({k: r.means for k, r in ours.items()})
     their_best = best_per_family(theirs)
     families = sorted(set(our_best) & set(their_best))
