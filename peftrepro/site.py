@@ -89,6 +89,12 @@ def _sort_value(s: Stat | None) -> str:
     return "" if s is None or not math.isfinite(s.mean) else repr(s.mean)
 
 
+def _get(obj: dict[str, Any], *keys: str) -> Any:
+    for k in keys:
+        obj = obj.get(k) if isinstance(obj, dict) else None  # type: ignore[assignment]
+    return "" if obj is None else obj
+
+
 def _detail(r: Row, root_rel: str) -> str:
     """A row's detail: manifest, records and their environments, verifications metric by metric,
     sample grids, the commands that re-run it."""
@@ -112,7 +118,9 @@ def _detail(r: Row, root_rel: str) -> str:
                 f"{esc(s.run_id)}</a></td>"
                 f"<td>{esc(s.record.status)}</td>"
                 f"<td>{esc(rerun_accelerator(s.record))}</td>"
-                f"<td>{esc(env.get('cpu_capability', ''))}</td>"
+                f"<td>{esc(_get(env, 'os', 'cpu_model'))} {esc(env.get('cpu_capability', ''))}</td>"
+                f"<td>{esc(_get(env, 'torch', 'version'))}</td>"
+                f"<td><code>{esc(str(_get(env, 'git', 'commit'))[:12])}</code></td>"
                 f"<td><code>{esc(str(env.get('environment_sha256', ''))[:16])}</code></td>"
                 f"<td>{esc(env.get('runner', ''))}</td>"
                 "</tr>"
@@ -120,7 +128,8 @@ def _detail(r: Row, root_rel: str) -> str:
         parts.append("<h4>Records</h4>")
         parts.append(
             "<table><thead><tr><th>seed</th><th>run</th><th>status</th><th>accelerator</th>"
-            "<th>CPU</th><th>environment sha256</th><th>runner</th></tr></thead>"
+            "<th>CPU</th><th>torch</th><th>peftrepro commit</th><th>environment sha256</th><th>runner</th>"
+            "</tr></thead>"
             f"<tbody>{''.join(body)}</tbody></table>"
         )
     for s in r.records:
