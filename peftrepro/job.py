@@ -159,9 +159,13 @@ def train_adapter(
         if cfg.init_kv_cache_prefix is not None:  # prefix tuning started from the base model's cache
             from peft import initialize_kv_prefix_from_text
 
+            tokenizer = prepared.extra.get("tokenizer")
+            if tokenizer is None:
+                where = f"{file}: /training/init_kv_cache_prefix"
+                raise UsageError(f"{where}: task {manifest.task!r} has no tokenizer to encode it with")
             initialize_kv_prefix_from_text(
                 peft_model,
-                prepared.extra["tokenizer"],
+                tokenizer,
                 text=cfg.init_kv_cache_prefix,
                 use_chat_template=False,
             )

@@ -24,7 +24,7 @@ LAYERS: tuple[str, ...] = (
     "job sweep runners.local runners.entry runners.docker runners",  # one run or sweep, and where it happens
     # batches of jobs
     "executors executors.work child executors.template executors.local executors.ray_fleet executors.batch",
-    "collect verify leaderboard plot sections site pages scaffold importer published ci",  # records read; pages
+    "collect verify leaderboard plot sections site pages scaffold importer published ci",  # records read
     "cli_options",
     "cli",
 )

@@ -151,6 +151,25 @@ def test_loop_handles_each_kind_of_method(write_manifest, method) -> None:
     assert m["trainable_params"] > 0 and m["adapter_bytes"] > 0 and m["steps_completed"] == 4
 
 
+def test_prefix_tuning_starts_from_the_base_models_cache_of_a_text(write_manifest) -> None:
+    """init_kv_cache_prefix (the public prefix-tuning experiment) on the arithmetic task: its text
+    is encoded with the task's tokenizer (it failed with KeyError 'tokenizer' before)."""
+    path = write_manifest(
+        {
+            "method": "prefix-tuning",
+            "peft_config": METHOD_CONFIGS["prefix-tuning"],
+            "training": {
+                "max_steps": 2,
+                "eval_steps": 2,
+                "batch_size": 4,
+                "init_kv_cache_prefix": "Add the numbers.",
+            },
+        }
+    )
+    outcome = run_local(resolve(path), seed=0)
+    assert outcome.status == "success", outcome.record.error
+
+
 def test_full_finetuning_trains_every_weight_and_saves_the_whole_model(write_manifest) -> None:
     path = write_manifest(
         {"method": "full-finetuning", "peft_config": None, "training": {"max_steps": 3, "eval_steps": 3}}

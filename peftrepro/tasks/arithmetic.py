@@ -294,6 +294,7 @@ class ArithmeticTask(Task):
             prior_change=forgetting,
             probe=_probe(encoded["train"][:PROBE_SIZE], pad),
             load_base=load_base,
+            extra={"tokenizer": tok},  # prefix tuning's init_kv_cache_prefix encodes its text with it
         )
 
 
