@@ -179,12 +179,14 @@ def _header(data: dict[str, Any]) -> tuple[Any, ...]:
     """(status, seed, manifest sha256, task version) when well-typed, else Nones: enough to tell
     whether a record is superseded before paying for its schema check."""
     status, seed = data.get("status"), data.get("seed")
-    sha, version = _field(data, "submission", "manifest_sha256"), _field(data, "submission", "task_version")
+    sha = field_at(data, "submission", "manifest_sha256")
+    version = field_at(data, "submission", "task_version")
     ok = status in ("success", "failed", "cancelled") and type(seed) is int and isinstance(sha, str)
     return (status, seed, sha, version) if ok and isinstance(version, str) else (None, None, None, None)
 
 
-def _field(obj: dict[str, Any], *keys: str) -> Any:
+def field_at(obj: dict[str, Any], *keys: str) -> Any:
+    """obj[k1][k2]..., or None where a level is missing or not an object (untrusted JSON)."""
     for k in keys:
         obj = obj.get(k) if isinstance(obj, dict) else None  # type: ignore[assignment]
     return obj
@@ -412,7 +414,7 @@ def _load_verifications(sub: Submission, signers: Path) -> None:
         except (JSONReadError, OSError) as e:
             sub.ignored.append((path, str(e)))
             continue
-        claim_id = _field(data, "claim", "run_id")
+        claim_id = field_at(data, "claim", "run_id")
         claim = by_run_id.get(claim_id) if isinstance(claim_id, str) else None  # a list is unhashable
         if claim is None:  # verifies an older record (not shown, so not checked), or is broken
             if not (isinstance(claim_id, str) and RUN_ID.fullmatch(claim_id)):

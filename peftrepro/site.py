@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import quote
 
+from peftrepro.collect import field_at
 from peftrepro.compare import rerun_accelerator
 from peftrepro.leaderboard import (
     COMMAND,
@@ -89,12 +90,6 @@ def _sort_value(s: Stat | None) -> str:
     return "" if s is None or not math.isfinite(s.mean) else repr(s.mean)
 
 
-def _get(obj: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        obj = obj.get(k) if isinstance(obj, dict) else None  # type: ignore[assignment]
-    return "" if obj is None else obj
-
-
 def _detail(r: Row, root_rel: str) -> str:
     """A row's detail: manifest, records and their environments, verifications metric by metric,
     sample grids, the commands that re-run it."""
@@ -118,9 +113,9 @@ def _detail(r: Row, root_rel: str) -> str:
                 f"{esc(s.run_id)}</a></td>"
                 f"<td>{esc(s.record.status)}</td>"
                 f"<td>{esc(rerun_accelerator(s.record))}</td>"
-                f"<td>{esc(_get(env, 'os', 'cpu_model'))} {esc(env.get('cpu_capability', ''))}</td>"
-                f"<td>{esc(_get(env, 'torch', 'version'))}</td>"
-                f"<td><code>{esc(str(_get(env, 'git', 'commit'))[:12])}</code></td>"
+                f"<td>{esc(field_at(env, 'os', 'cpu_model') or '')} {esc(env.get('cpu_capability', ''))}</td>"
+                f"<td>{esc(field_at(env, 'torch', 'version') or '')}</td>"
+                f"<td><code>{esc(str(field_at(env, 'git', 'commit') or '')[:12])}</code></td>"
                 f"<td><code>{esc(str(env.get('environment_sha256', ''))[:16])}</code></td>"
                 f"<td>{esc(env.get('runner', ''))}</td>"
                 "</tr>"
