@@ -147,6 +147,9 @@ def test_record_and_verification_readers_fuzzed(valid, kind: str) -> None:
     target.unlink()
 
 
+SITE = {"site/index.html", "site/arithmetic.html", "site/site.css", "site/site.js"}
+
+
 def test_leaderboard_fuzzed_writes_only_its_own_files(valid) -> None:
     """The whole tree read and laid out, with one hostile record: fewer examples (each renders pages)."""
     target = SUB / "runs" / f"{run_id(3, 1)}.json"
@@ -156,10 +159,12 @@ def test_leaderboard_fuzzed_writes_only_its_own_files(valid) -> None:
     def check(data: st.DataObject) -> None:
         target.write_bytes(data.draw(mutated(valid["record"])))
         files, problems = render(WORK / "submissions", WORK / "leaderboard")
-        assert set(files) == {"README.md", "arithmetic.md", "arithmetic.svg"}
+        assert set(files) == {"README.md", "arithmetic.md", "arithmetic.svg", *SITE}
         assert all(one_line(p) for p in problems)
         page = files["arithmetic.md"].decode()
         assert "<script>" not in page and "../../etc" not in page.replace("../submissions", "")
+        html = files["site/arithmetic.html"].decode()
+        assert html.count("<script") == 2  # the data block and site.js: nothing from the record
 
     check()
     target.unlink()
