@@ -8,10 +8,12 @@ attached to the track's model. A public config the small model cannot take is li
 `validate`'s one-line reason and left out. `--set KEY=JSON` puts the same training override into
 every manifest (a design candidate's budget, e.g. max_steps=60), `--lr-scale F` multiplies every
 transplanted learning rate (a candidate's rate factor), so that all experiments of a candidate run
-under identical conditions.
+under identical conditions. `--lr-power P` compresses the public rates' spread instead: the
+track's default x (their rate / their default)^P, so 1 is the plain transplant and 0.5 the
+square-root rule (a config tuned at 30x its default runs at 5.5x here).
 
     .venv/bin/python benchmarks/transplant.py --to arithmetic --into /tmp/design-a [--set max_steps=60]
-        [--methods lora,ia3,...] [--lr-scale 0.5]
+        [--methods lora,ia3,...] [--lr-scale 0.5] [--lr-power 0.5]
 """
 
 from __future__ import annotations
@@ -40,11 +42,14 @@ def main() -> None:
     parser.add_argument("--submissions", type=Path, default=Path("submissions"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--lr-scale", type=float, default=1.0)
+    parser.add_argument("--lr-power", type=float, default=1.0)
     parser.add_argument("--methods", help="comma-separated method families (default: all)")
     args = parser.parse_args()
     published = get_task(args.to).published_task
     if published is None:
         sys.exit(f"error: task {args.to!r} stands in for no published task")
+    default = get_task(args.to).training_defaults["optimizer_kwargs"]["lr"]
+    their_default = get_task(published).training_defaults["optimizer_kwargs"]["lr"]
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     wanted = set(args.methods.split(",")) if args.methods else None
     written, refused, prepared = 0, [], {}  # type: ignore[var-annotated]
@@ -60,11 +65,14 @@ def main() -> None:
         doc = load_raw(path)
         training = doc.setdefault("training", {})
         training.update(overrides)
-        training["optimizer_kwargs"]["lr"] = float(
-            f"{training['optimizer_kwargs']['lr'] * args.lr_scale:.6g}"
-        )
-        if overrides or args.lr_scale != 1.0:
-            doc["description"] += f" Design candidate: {json.dumps(overrides)}, lr x {args.lr_scale:g}."
+        their_lr = ((load_raw(source).get("training") or {}).get("optimizer_kwargs") or {}).get("lr")
+        relative = (their_lr or their_default) / their_default
+        training["optimizer_kwargs"]["lr"] = float(f"{default * relative**args.lr_power * args.lr_scale:.6g}")
+        if overrides or args.lr_scale != 1.0 or args.lr_power != 1.0:
+            doc["description"] += (
+                f" Design candidate: {json.dumps(overrides)}, lr x {args.lr_scale:g}, "
+                f"lr = {default:g} x (theirs / {their_default:g})^{args.lr_power:g}."
+            )
             path.write_bytes(pretty_bytes(doc))
         checked = validate_one(path, prepared=prepared)
         if checked.error is not None:

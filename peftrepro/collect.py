@@ -18,15 +18,13 @@ import contextlib
 import gc
 import hashlib
 import os
-import pickle
 import re
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from peftrepro import schemas
+from peftrepro import forked, schemas
 from peftrepro.compare import judge, judge_published
 from peftrepro.errors import InputError, PeftreproError, safe_text
 from peftrepro.jsonio import JSONReadError, parse_json, read_capped
@@ -515,40 +513,12 @@ def _load_some(folders: list[Path], signers: Path) -> list[Submission]:
 
 def _load_all(folders: list[Path], signers: Path, parallel_from: int) -> list[Submission]:
     """load_submission of each folder, in order. A large tree is read by two processes: a fork of
-    this one reads every other folder and sends its Submissions back pickled through a pipe (a
-    process pool's result thread fought the reading for the GIL and gained nothing). Never while
-    another non-daemon thread runs: a lock it holds would stay held in the child (daemon helpers,
-    such as tqdm's monitor, are chores the reader never waits on)."""
-    busy = any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate())
-    if len(folders) < parallel_from or busy or not hasattr(os, "fork"):
+    this one reads every other folder (forked.py)."""
+    if len(folders) < parallel_from:
         return _load_some(folders, signers)
-    theirs = folders[1::2]
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns, never runs the parent's exit handlers
-        code = 1
-        try:
-            os.close(read_end)
-            with os.fdopen(write_end, "wb") as out:
-                out.write(pickle.dumps(_load_some(theirs, signers), protocol=pickle.HIGHEST_PROTOCOL))
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    try:
-        mine = _load_some(folders[0::2], signers)
-        with os.fdopen(read_end, "rb") as inp:
-            sent = inp.read()
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(read_end)  # already closed when read; otherwise the child's write fails and it exits
-        _, status = os.waitpid(pid, 0)
-    try:
-        other = pickle.loads(sent) if os.waitstatus_to_exitcode(status) == 0 else None
-    except (pickle.UnpicklingError, EOFError):
-        other = None
-    if not isinstance(other, list) or len(other) != len(theirs):  # the reader died: read its half here
-        other = _load_some(theirs, signers)
+    theirs = forked.start(lambda: _load_some(folders[1::2], signers))
+    mine = _load_some(folders[0::2], signers)
+    other = theirs()
     merged = [sub for pair in zip(mine, other, strict=False) for sub in pair]
     return merged + mine[len(other) :]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from peftrepro import forked
 from peftrepro.collect import Submission, describe_ignored, load_tree, paused_gc
 from peftrepro.console import Echo
 from peftrepro.errors import UsageError
@@ -158,13 +159,15 @@ def _render(root: Path, out: Path) -> tuple[dict[str, bytes], list[str]]:
     root_rel = Path(os.path.relpath(root.resolve(), out.resolve())).as_posix()
     tasks = sorted({s.key[0] for s in subs if s.key[0] in task_names()})
     rows_by_task = {t: task_rows(subs, t) for t in tasks}
+    # The plots (matplotlib, a third of what follows at 10k records) are drawn by a fork meanwhile.
+    plots = forked.start(lambda: {f"{t}.svg": task_plot(t, rows_by_task[t]) for t in tasks})
     files = {"README.md": overview(rows_by_task, orphans, root, root_rel).encode()}
     for t in tasks:
         against = get_task(t).published_task
         published = [r for r in rows_by_task.get(against or "", []) if r.sub.published]
         files[f"{t}.md"] = task_page(t, rows_by_task[t], subs, root, root_rel, published).encode()
-        files[f"{t}.svg"] = task_plot(t, rows_by_task[t])
     files.update(site_files(rows_by_task, root_rel))  # the same rows, as HTML (site.py)
+    files.update(plots())
     unknown = [s for s in subs if s.key[0] not in task_names()]
     problems = [describe_ignored(p, why) for s in subs for p, why in s.ignored]
     problems += [describe_ignored(p, why) for p, why in orphans]
