@@ -14,7 +14,6 @@ import argparse
 import functools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
+    from tests.ray_cluster import private_cluster
     from tests.tiny import OneThreadArithmeticTask, build_tiny_model
 
     root = Path(tempfile.mkdtemp(prefix="peftrepro-fleet-"))
@@ -63,40 +63,20 @@ def main() -> None:
     # warm the base-model cache
     ExecutorChoice("local").make().map(jobs[:1], lambda j, w: None, lambda r: None)
 
-    ray_bin = Path(sys.executable).parent / "ray"
     port = 46000 + os.getpid() % 1000
-    t0 = time.perf_counter()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "RAY_USAGE_STATS_ENABLED": "0",
-    }
-    subprocess.run(
-        [
-            str(ray_bin),
-            "start",
-            "--head",
-            f"--port={port}",
-            f"--num-cpus={os.cpu_count()}",
-            "--num-gpus=0",
-            "--include-dashboard=false",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-    ray_start = time.perf_counter() - t0
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     walls: dict[str, float] = {}
     records: dict[str, dict[int, dict]] = {}
-    try:
+    t0 = time.perf_counter()
+    with private_cluster(port, os.cpu_count() or 1, root, env) as address:
+        ray_start = time.perf_counter() - t0
         for label, executor in (
             ("local, 1 process", ExecutorChoice("local", jobs=1).make()),
             ("local, 2 processes", ExecutorChoice("local", jobs=2).make()),
-            ("ray, this machine", ExecutorChoice("ray", address=f"127.0.0.1:{port}").make()),
+            ("ray, this machine", ExecutorChoice("ray", address=address).make()),
             # The same jobs again: Ray keeps its worker processes, and each its job template, so this
             # is the per-job cost once a cluster's workers have imported the job stack.
-            ("ray, warm workers", ExecutorChoice("ray", address=f"127.0.0.1:{port}").make()),
+            ("ray, warm workers", ExecutorChoice("ray", address=address).make()),
         ):
             runs = root / "runs" / label.replace(" ", "").replace(",", "-")
             got: dict[int, dict] = {}
@@ -124,8 +104,6 @@ def main() -> None:
             failed = [r["error"] for r in got.values() if r["status"] != "success"]
             if failed:
                 print(f"  first error: {failed[0]}")
-    finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True)
 
     base = records["local, 1 process"]
     same = all(

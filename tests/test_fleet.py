@@ -25,14 +25,14 @@ from click.testing import CliRunner
 
 from peftrepro.cli import main
 from peftrepro.executors import Job, JobResult
-from peftrepro.executors.ray_fleet import RayExecutor
+from peftrepro.executors.ray_fleet import RayExecutor, unniced
 from peftrepro.manifest import resolve
 from peftrepro.metrics import METRICS
 from peftrepro.records import list_records, read_record
 from tests.conftest import LORA_MANIFEST
+from tests.ray_cluster import private_cluster
 
 REPO = Path(__file__).parent.parent
-RAY = Path(sys.executable).parent / "ray"
 
 
 def measured(record: dict) -> dict:
@@ -126,32 +126,15 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory):
         **os.environ,
         "PEFTREPRO_CACHE": str(tmp_path_factory.mktemp("ray-node-cache")),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "RAY_USAGE_STATS_ENABLED": "0",
     }
     # Its own temp folder: the ctrl-c test reads its workers' log files there (a short path: Ray's
     # socket names must fit in 107 bytes).
     temp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
     os.environ["PEFTREPRO_TEST_RAY_TEMP"] = str(temp)
-    start = [
-        str(RAY),
-        "start",
-        "--head",
-        f"--port={port}",
-        "--num-cpus=2",
-        "--num-gpus=0",
-        f"--temp-dir={temp}",
-    ]
-    subprocess.run(
-        [*start, "--include-dashboard=false", "--disable-usage-stats"],
-        env=env,
-        check=True,
-        capture_output=True,
-        timeout=180,
-    )
     try:
-        yield f"127.0.0.1:{port}"
+        with private_cluster(port, 2, temp, env) as address:
+            yield address
     finally:
-        subprocess.run([str(RAY), "stop", "--force"], capture_output=True, timeout=120)
         os.environ.pop("PEFTREPRO_TEST_RAY_TEMP", None)
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -325,3 +308,26 @@ def test_sweep_of_two_submissions_two_at_a_time(write_manifest) -> None:
         assert points == [(1e-3, 0), (1e-3, 1), (3e-2, 0), (3e-2, 1)]
         label = "/".join(folder.parts[-3:])
         assert record["chosen_lr"] is None and f"{label}: no rate can be chosen" in out
+
+
+def test_a_niced_ray_worker_puts_itself_back_at_zero_or_says_why() -> None:
+    """Ray starts workers at niceness 15; a job there gets a few percent of a core beside anything."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a child, so that this process keeps its priority
+        code = 1
+        try:
+            os.nice(5)
+            why = unniced()
+            os.write(write_end, json.dumps([os.nice(0), why]).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end) as f:
+        niceness, why = json.loads(f.read())
+    os.waitpid(pid, 0)
+    if os.geteuid() == 0:  # may lower its niceness
+        assert (niceness, why) == (0, None)
+    else:
+        assert niceness == 5 and "RAY_worker_niceness=0" in why and "\n" not in why
