@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tin
 
 from peftrepro.executors import Job, JobResult
 from peftrepro.executors.batch import ExecutorChoice, land
+from peftrepro.executors.ray_fleet import RayExecutor
 from peftrepro.manifest import resolve
 from peftrepro.tasks import register
 from peftrepro.tasks.arithmetic import GGUFSource, LocalDirSource
@@ -74,9 +75,11 @@ def main() -> None:
             ("local, 1 process", ExecutorChoice("local", jobs=1).make()),
             ("local, 2 processes", ExecutorChoice("local", jobs=2).make()),
             ("ray, this machine", ExecutorChoice("ray", address=address).make()),
-            # The same jobs again: Ray keeps its worker processes, and each its job template, so this
-            # is the per-job cost once a cluster's workers have imported the job stack.
-            ("ray, warm workers", ExecutorChoice("ray", address=address).make()),
+            # The same jobs twice more from one connection (one Ray job): the first pass starts Ray's
+            # worker processes and their job templates, the second finds them warm, so it is the
+            # per-job cost once a cluster's workers have imported the job stack.
+            ("ray, one connection", RayExecutor(address, keep_connected=True)),
+            ("ray, warm workers", RayExecutor(address, keep_connected=True)),
         ):
             runs = root / "runs" / label.replace(" ", "").replace(",", "-")
             got: dict[int, dict] = {}
@@ -104,6 +107,9 @@ def main() -> None:
             failed = [r["error"] for r in got.values() if r["status"] != "success"]
             if failed:
                 print(f"  first error: {failed[0]}")
+        import ray as ray_module
+
+        ray_module.shutdown()  # the kept connection, before its cluster stops
 
     base = records["local, 1 process"]
     same = all(

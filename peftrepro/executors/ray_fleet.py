@@ -11,8 +11,8 @@
 - Ctrl-C (or SIGTERM) on the driver cancels every outstanding task: queued ones never start,
   running ones get SIGINT and end with their `cancelled` record, returned like any other.
 
-A small actor (`_Tracker`) hears each job start (host, worker pid, attempt): progress lines, the
-attempt count of a lost job, and whether a cancelled job had started.
+A small actor (`ray_tracker.Tracker`, light to start) hears each job start (host, worker pid,
+attempt): progress lines, the attempt count of a lost job, and whether a cancelled job had started.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 from peftrepro.errors import UsageError
 from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unrecorded
 from peftrepro.executors.local import LocalExecutor
+from peftrepro.ray_tracker import Tracker
 from peftrepro.records import RunError
 
 RAY_MISSING = "the ray executor needs Ray, which is not installed: pip install 'peftrepro[ray]'"
@@ -40,17 +41,6 @@ def _import_ray() -> Any:
     except ImportError:
         raise UsageError(RAY_MISSING) from None
     return ray
-
-
-class _Tracker:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str]] = []
-
-    def started(self, key: str, where: str) -> None:
-        self.events.append((key, where))
-
-    def since(self, n: int) -> list[tuple[str, str]]:
-        return self.events[n:]
 
 
 # Ray starts its workers at niceness 15 (its `worker_niceness`): beside any process at 0 (the
@@ -143,9 +133,12 @@ def check_feasible(ray: Any, jobs: Sequence[Job]) -> None:
 
 
 class RayExecutor:
-    def __init__(self, address: str = "auto", retries: int = 2) -> None:
+    def __init__(self, address: str = "auto", retries: int = 2, keep_connected: bool = False) -> None:
         self.address = address
         self.retries = retries
+        # A driver that maps several batches keeps its connection, and with it Ray's worker
+        # processes and their job templates (a new connection is a new Ray job: new workers).
+        self.keep_connected = keep_connected
 
     def map(self, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
         ray = _import_ray()
@@ -154,10 +147,11 @@ class RayExecutor:
             check_feasible(ray, jobs)
             return self._map(ray, jobs, on_start, on_done)
         finally:
-            ray.shutdown()  # disconnects this driver; a cluster it joined keeps running
+            if not self.keep_connected:
+                ray.shutdown()  # disconnects this driver; a cluster it joined keeps running
 
     def _map(self, ray: Any, jobs: Sequence[Job], on_start: OnStart, on_done: OnDone) -> list[JobResult]:
-        tracker = ray.remote(num_cpus=0)(_Tracker).remote()
+        tracker = ray.remote(num_cpus=0)(Tracker).remote()
         remote = ray.remote(_on_worker)
         by_key = {job.key: job for job in jobs}
         refs = {
