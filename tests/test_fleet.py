@@ -331,3 +331,23 @@ def test_a_niced_ray_worker_puts_itself_back_at_zero_or_says_why() -> None:
         assert (niceness, why) == (0, None)
     else:
         assert niceness == 5 and "RAY_worker_niceness=0" in why and "\n" not in why
+
+
+def _niceness() -> int:
+    return os.nice(0)
+
+
+def test_a_throw_away_instance_starts_its_workers_unniced() -> None:
+    """--address local: Ray's workers at niceness 0 (not its default 15), the driver's environment
+    as it was."""
+    import ray
+
+    from peftrepro.executors.ray_fleet import NICENESS_ENV, connect
+
+    before = os.environ.get(NICENESS_ENV)
+    connect(ray, "local")
+    try:
+        assert ray.get(ray.remote(num_cpus=1)(_niceness).remote()) == 0
+    finally:
+        ray.shutdown()
+    assert os.environ.get(NICENESS_ENV) == before

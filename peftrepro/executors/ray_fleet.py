@@ -31,6 +31,7 @@ from peftrepro.executors import Job, JobResult, OnDone, OnStart, signals_to, unr
 from peftrepro.executors.local import LocalExecutor
 from peftrepro.ray_tracker import Tracker
 from peftrepro.records import RunError
+from peftrepro.runners.local import environment_with
 
 RAY_MISSING = "the ray executor needs Ray, which is not installed: pip install 'peftrepro[ray]'"
 
@@ -101,15 +102,16 @@ def connect(ray: Any, address: str) -> None:
     if ray.is_initialized():
         return
     reachable(address)
-    if address == "local":  # the throw-away instance's workers at the driver's priority (unniced)
-        os.environ.setdefault(NICENESS_ENV, "0")
+    # The throw-away instance's raylet reads it at its start: workers at the driver's priority.
+    unniced_workers = {NICENESS_ENV: os.environ.get(NICENESS_ENV, "0")} if address == "local" else {}
     try:
-        ray.init(
-            address=None if address == "local" else address,
-            logging_level=logging.ERROR,
-            log_to_driver=False,
-            include_dashboard=False,
-        )
+        with environment_with(unniced_workers):
+            ray.init(
+                address=None if address == "local" else address,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+                include_dashboard=False,
+            )
     except (ConnectionError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(

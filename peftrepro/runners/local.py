@@ -150,8 +150,15 @@ def unwritten_record(
 @contextmanager
 def allocator_environment() -> Iterator[None]:
     """os.environ with ALLOCATOR_ENV while a child process starts (it inherits them), then as before."""
-    saved = {k: os.environ.get(k) for k in ALLOCATOR_ENV}
-    os.environ.update(ALLOCATOR_ENV)
+    with environment_with(ALLOCATOR_ENV):
+        yield
+
+
+@contextmanager
+def environment_with(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with `values` while processes that inherit them start, then as before."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
