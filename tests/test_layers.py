@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "peftrepro"
 LAYERS: tuple[str, ...] = (
     # leaves: formats, rules and measurement, nothing about runs or tasks
     "peftrepro errors console jsonio paths methods metrics stats schemas runconfig peftconfig measure"
-    " environment tasks.text tasks.hub signing",
+    " environment tasks.text tasks.hub signing forked ray_tracker",
     "training tasks.base checks",  # the loop, and what a task is
     "tasks.arithmetic tasks.digits tasks.metamathqa tasks.imagegen",  # the tasks
     "tasks",  # their registry
