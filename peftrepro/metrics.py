@@ -41,6 +41,23 @@ METRICS: tuple[Metric, ...] = (
         "score",
     ),
     Metric(
+        "test_token_accuracy",
+        "token acc.",
+        "share of each held-out problem's worked-solution tokens that the model predicts (greedy, given "
+        "the gold prefix), averaged over problems",
+        "higher",
+        "fraction",
+        "score",
+    ),
+    Metric(
+        "base_test_token_accuracy",
+        "base token acc.",
+        "the same test set scored by the base model, no adapter",
+        "none",
+        "fraction",
+        "score",
+    ),
+    Metric(
         "test_concept_score",
         "concept score",
         "share of samples generated for the new concept (fixed seeds) that the evaluator assigns to it",
@@ -248,7 +265,7 @@ CHECKS: tuple[Check, ...] = (
 CHECK_MARKS = {"exact": "=", "approximate": "≈", "not_identity_by_design": "○"}
 
 # The headline scores a record's `test_outcomes` average to (records.parse_record checks it).
-HEADLINE_SCORES = ("test_accuracy", "test_concept_score")
+HEADLINE_SCORES = ("test_accuracy", "test_token_accuracy", "test_concept_score")
 
 RELATIVE_BAND = 0.10  # memory: a re-run on the same accelerator class may differ by this fraction
 
