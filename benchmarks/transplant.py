@@ -13,7 +13,7 @@ track's default x (their rate / their default)^P, so 1 is the plain transplant a
 square-root rule (a config tuned at 30x its default runs at 5.5x here).
 
     .venv/bin/python benchmarks/transplant.py --to arithmetic --into /tmp/design-a [--set max_steps=60]
-        [--methods lora,ia3,...] [--lr-scale 0.5] [--lr-power 0.5]
+        [--methods lora,ia3,...] [--best-per-family] [--lr-scale 0.5] [--lr-power 0.5]
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ def main() -> None:
     parser.add_argument("--lr-scale", type=float, default=1.0)
     parser.add_argument("--lr-power", type=float, default=1.0)
     parser.add_argument("--methods", help="comma-separated method families (default: all)")
+    parser.add_argument(
+        "--best-per-family",
+        action="store_true",
+        help="only each family's best public experiment (by its published score): one run per family",
+    )
     args = parser.parse_args()
     published = get_task(args.to).published_task
     if published is None:
@@ -52,10 +57,17 @@ def main() -> None:
     their_default = get_task(published).training_defaults["optimizer_kwargs"]["lr"]
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     wanted = set(args.methods.split(",")) if args.methods else None
+    best = None
+    if args.best_per_family:
+        from agreement import best_per_family, their_rows
+
+        best = {key for key, _ in best_per_family(their_rows(args.submissions, published)).values()}
     written, refused, prepared = 0, [], {}  # type: ignore[var-annotated]
     for source in find_manifests([args.submissions / published]):
         method, name = source.parent.parent.name, source.parent.name
         if wanted is not None and method not in wanted:
+            continue
+        if best is not None and f"{method}/{name}" not in best:
             continue
         try:
             path = new_submission(args.into, args.to, method, name, source)

@@ -27,11 +27,7 @@ LORA_MANIFEST: dict[str, Any] = {
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Tests that need the test image run last: scripts/test builds it in the background meanwhile.
-    scripts/test runs the suite on two workers, `--dist loadfile`: a module's tests stay on one
-    worker, so its session fixtures are built once there (`real_run`, ~100 s, at most once per
-    worker). Not `loadgroup`: pytest-xdist 3.8 cannot rename a node under pytest 9, so its groups
-    are ignored."""
+    """Tests that need the test image run last: scripts/test builds it in the background meanwhile."""
     items.sort(key=lambda item: "test_image" in getattr(item, "fixturenames", ()))
 
 

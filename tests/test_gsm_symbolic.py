@@ -16,10 +16,12 @@ from click.testing import CliRunner
 
 from peftrepro.cli import main
 from peftrepro.errors import UsageError
+from peftrepro.metrics import METRICS_BY_KEY
 from peftrepro.paths import cache_root
 from peftrepro.tasks import gsm_symbolic as g
 from peftrepro.tasks import register
 from peftrepro.tasks.arithmetic import GGUFSource, LocalDirSource
+from tests.test_run import IMAGE_ONLY
 
 MANIFEST = {
     "schema_version": 1,
@@ -132,6 +134,8 @@ def test_a_run_on_the_stand_in_records_per_problem_scores(
     record = json.loads(path.read_text())
     metrics = record["metrics"]
     assert record["status"] == "success"
+    exact_match = {"test_accuracy", "base_test_accuracy"}
+    assert set(metrics) == set(METRICS_BY_KEY) - IMAGE_ONLY - exact_match - {"forgetting_same_position"}
     assert metrics["test_outcomes"]["kind"] == "values" and metrics["test_outcomes"]["n"] == 120
     values = metrics["test_outcomes"]["values"]
     assert metrics["test_token_accuracy"] == pytest.approx(sum(values) / len(values))

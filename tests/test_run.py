@@ -28,8 +28,10 @@ REPO = Path(__file__).parent.parent
 IMAGE_ONLY = {"test_concept_score", "base_test_concept_score", "drift", "samples_sha256", "images_per_second"}
 TEXT_ONLY = {"test_accuracy", "base_test_accuracy", "forgetting", "general_ce_before", "general_ce_after"}
 TEXT_ONLY |= {"tokens_per_second"}
-# Recorded by one task only: metamathqa's forgetting as the public harness computes it.
-TASK_ONLY = {"forgetting_same_position"}
+# Recorded by one task only: metamathqa's forgetting as the public harness computes it, and
+# gsm-symbolic's headline score (tests/test_gsm_symbolic.py checks its record's keys).
+GSM_SYMBOLIC_ONLY = {"test_token_accuracy", "base_test_token_accuracy"}
+TASK_ONLY = {"forgetting_same_position"} | GSM_SYMBOLIC_ONLY
 SAME_EVERY_RUN = (
     "test_accuracy",
     "forgetting",

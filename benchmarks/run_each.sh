@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run every submission under a tree, one at a time, for one seed, each stopped after LIMIT seconds
+# (SIGINT: the run leaves a `cancelled` record, as any interrupted run). A design candidate's
+# corpus: records are written as each run ends; a folder that already has a record for the seed
+# is skipped, so an interrupted sweep resumes where it stopped.
+#     benchmarks/run_each.sh benchmarks/designs/d/gsm-symbolic 0 900
+set -uo pipefail
+tree=${1:?usage: run_each.sh TREE SEED [LIMIT_SECONDS]}
+seed=${2:?seed}
+limit=${3:-900}
+cd "$(dirname "$0")/.."
+for manifest in $(find "$tree" -name manifest.json | sort); do
+  folder=$(dirname "$manifest")
+  if compgen -G "$folder/runs/*-s$seed-*.json" >/dev/null; then
+    continue
+  fi
+  timeout -s INT -k 60 "$limit" .venv/bin/peftrepro run "$folder" --seed "$seed" || echo "$folder: exit $?"
+done
