@@ -16,6 +16,8 @@ the rows compared, and the largest rank differences.
     .venv/bin/python benchmarks/agreement.py --task digits --axes score,drift
     .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b
         (a design candidate's tree, from benchmarks/transplant.py; the claims stay in submissions/)
+    .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b \
+        --families-of benchmarks/designs/d   # design b over the families design d has run
 """
 
 from __future__ import annotations
@@ -148,6 +150,11 @@ def main() -> None:
     parser.add_argument(
         "--published", type=Path, default=ROOT / "submissions", help="the tree with the published claims"
     )
+    parser.add_argument(
+        "--families-of",
+        type=Path,
+        help="rank only the families that have records in this other tree (two designs, same families)",
+    )
     args = parser.parse_args()
     task = get_task(args.task)
     against = args.against or task.published_task
@@ -170,6 +177,10 @@ def main() -> None:
     our_best = best_per_family({k: r.means for k, r in ours.items()})
     their_best = best_per_family(theirs)
     families = sorted(set(our_best) & set(their_best))
+    if args.families_of is not None:
+        other = {p.parent.parent.parent.name for p in args.families_of.glob("*/*/*/runs/*.json")}
+        families = [f for f in families if f in other]
+        print(f"families: only the {len(families)} that also have records under {args.families_of}")
     for axis in axes:
         lower = axis == "drift"
         per_family = [
