@@ -2,7 +2,8 @@
 # Run every submission under a tree, one at a time, for one seed, each stopped after LIMIT seconds
 # (SIGINT: the run leaves a `cancelled` record, as any interrupted run). A design candidate's
 # corpus: records are written as each run ends; a folder that already has a record for the seed
-# is skipped, so an interrupted sweep resumes where it stopped.
+# is skipped, so an interrupted sweep resumes where it stopped. While the file $RUN_EACH_HOLD
+# (default /tmp/run_each.hold) exists, no new run starts: a timing elsewhere gets idle cores.
 #     benchmarks/run_each.sh benchmarks/designs/d/gsm-symbolic 0 900
 set -uo pipefail
 tree=${1:?usage: run_each.sh TREE SEED [LIMIT_SECONDS]}
@@ -14,5 +15,6 @@ for manifest in $(find "$tree" -name manifest.json | sort); do
   if compgen -G "$folder/runs/*-s$seed-*.json" >/dev/null; then
     continue
   fi
+  while [ -e "${RUN_EACH_HOLD:-/tmp/run_each.hold}" ]; do sleep 5; done
   timeout -s INT -k 60 "$limit" .venv/bin/peftrepro run "$folder" --seed "$seed" || echo "$folder: exit $?"
 done
