@@ -225,7 +225,16 @@ def check_token_indices(model: torch.nn.Module, config: PeftConfig, file: str) -
 
 
 def check_trainable(trainable: int, base_total: int, file: str) -> None:
-    """An adapter may not train more parameters than full fine-tuning of the task's model would."""
+    """An adapter trains something, and no more parameters than full fine-tuning of the task's model
+    would. Nothing: a config sized for a larger model (OSF preserving 2944 of a 576-wide layer's
+    singular directions leaves it none to train) would run, learn nothing and rank last."""
+    if trainable == 0:
+        raise ManifestError(
+            file,
+            "/peft_config",
+            "trains no parameter of the task's model (sized for a larger model?); a run of it "
+            "would measure the base model",
+        )
     if trainable > base_total:
         raise ManifestError(
             file,

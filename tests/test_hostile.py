@@ -334,6 +334,21 @@ def test_an_adapter_larger_than_the_model_is_refused_before_it_is_allocated(writ
     assert not list(path.parent.glob("runs/*.json"))
 
 
+def test_a_config_that_trains_nothing_is_refused(write_manifest) -> None:
+    """OSF keeps `effective_rank` singular directions frozen and trains the rest: a rank at least the
+    layers' width (a public config sized for a 3B model) leaves nothing to train."""
+    path = write_manifest(
+        {
+            "method": "osf",
+            "peft_config": {"peft_type": "OSF", "target_modules": "all-linear", "effective_rank": 100000},
+        }
+    )
+    result = CliRunner().invoke(main, ["validate", "--deep", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "/peft_config: trains no parameter of the task's model" in result.stderr
+    assert not list(path.parent.glob("runs/*.json"))
+
+
 def test_attach_and_checks_run_under_a_wall_clock_limit(
     write_manifest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
