@@ -3,9 +3,11 @@
 A transplanted learning rate (`transplant.py`: the public rate x this track's default over theirs)
 over-pushes some configs that were already tuned high: on `gsm-symbolic`, delora at 1e-2 and ia3
 at 5e-2 end at or below the base model. The guard, the same for every experiment: a seed's run
-whose final validation score is not above the base model's validation score has diverged (or
-learned nothing); its learning rate is divided by sqrt(10) and the run is repeated, at most
-`--max-cuts` times. The test split is never read, so the rule cannot tune on it.
+whose final validation score is not above the base model's validation score, and whose general-
+text CE rose by more than MOVED nats (it moved the model, for the worse), has diverged; its
+learning rate is divided by sqrt(10) and the run is repeated, at most `--max-cuts` times. A run
+that moved nothing (AdaLoRA in 30 steps: forgetting -0.0001) learned nothing, which a lower rate
+cannot mend: it keeps its record. The test split is never read, so the rule cannot tune on it.
 
     .venv/bin/python benchmarks/rate_guard.py benchmarks/designs/d/gsm-symbolic [--seed 0] [--apply]
 
@@ -31,6 +33,7 @@ from peftrepro.records import newest_per_seed
 from peftrepro.tasks import get_task
 
 CUT = math.sqrt(10)
+MOVED = 0.05  # nats per token of general-text CE
 MARK = "Rate guard:"
 
 
@@ -68,7 +71,13 @@ def main() -> None:
         doc = load_raw(manifest)
         lr = doc["training"]["optimizer_kwargs"]["lr"]
         cuts = doc.get("description", "").count(MARK)
-        verdict = "ok" if valid > base else ("diverged" if cuts < args.max_cuts else "diverged, no cuts left")
+        moved = metrics.get("forgetting", 0.0) > MOVED
+        if valid > base:
+            verdict = "ok"
+        elif not moved:
+            verdict = "learned nothing (forgetting {:+.4f}): kept".format(metrics.get("forgetting", 0.0))
+        else:
+            verdict = "diverged" if cuts < args.max_cuts else "diverged, no cuts left"
         print(f"{folder.parent.name}/{folder.name}: lr {lr:g}, validation {valid:.4f}: {verdict}")
         if verdict != "diverged" or not args.apply:
             continue
