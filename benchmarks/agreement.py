@@ -178,9 +178,13 @@ def main() -> None:
     their_best = best_per_family(theirs)
     families = sorted(set(our_best) & set(their_best))
     if args.families_of is not None:
-        other = {p.parent.parent.parent.name for p in args.families_of.glob("*/*/*/runs/*.json")}
+        other = {  # success records only: a cancelled run (over the budget) did not rank its family
+            p.parent.parent.parent.name
+            for p in args.families_of.glob("*/*/*/runs/*.json")
+            if '"status": "success"' in p.read_text()
+        }
         families = [f for f in families if f in other]
-        print(f"families: only the {len(families)} that also have records under {args.families_of}")
+        print(f"families: only the {len(families)} with success records under {args.families_of}")
     for axis in axes:
         lower = axis == "drift"
         per_family = [
