@@ -22,9 +22,22 @@ def cli(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+# An honest record per manifest (bytes) and seeds, made by a real run once per module: most tests
+# here doctor a copy of the same tiny seed-0 record and re-run it, so each re-runs, none re-trains.
+_HONEST: dict[tuple[bytes, str], list[tuple[str, bytes]]] = {}
+
+
 def run_seeds(manifest: Path, seeds: str = "0") -> list[Path]:
-    code, out = cli("run", str(manifest), "--seeds", seeds)
+    key, first = (manifest.read_bytes(), seeds), not list_records(manifest.parent)
+    if first and key in _HONEST:
+        (manifest.parent / "runs").mkdir(exist_ok=True)
+        for name, data in _HONEST[key]:
+            (manifest.parent / "runs" / name).write_bytes(data)
+        return list_records(manifest.parent)
+    code, out = cli("run", str(manifest), "--seeds", seeds)  # a later run makes a newer record
     assert code == 0, out
+    if first:
+        _HONEST[key] = [(p.name, p.read_bytes()) for p in list_records(manifest.parent)]
     return list_records(manifest.parent)
 
 
