@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from peftrepro import stats
 from peftrepro.collect import load_tree
-from peftrepro.records import newest_per_seed
+from peftrepro.records import RecordError, newest_per_seed, read_record
 from peftrepro.tasks import get_task
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,6 +95,13 @@ def best_per_family(rows: dict[str, dict[str, float]]) -> dict[str, tuple[str, d
         if "score" in figures and (family not in best or figures["score"] > best[family][1]["score"]):
             best[family] = (key, figures)
     return best
+
+
+def _status(path: Path) -> str | None:
+    try:
+        return read_record(path).status
+    except RecordError:
+        return None
 
 
 def ranks(values: list[float], lower_is_better: bool) -> list[float]:
@@ -181,7 +188,7 @@ def main() -> None:
         other = {  # success records only: a cancelled run (over the budget) did not rank its family
             p.parent.parent.parent.name
             for p in args.families_of.glob("*/*/*/runs/*.json")
-            if '"status": "success"' in p.read_text()
+            if _status(p) == "success"
         }
         families = [f for f in families if f in other]
         print(f"families: only the {len(families)} with success records under {args.families_of}")

@@ -20,7 +20,6 @@ that seed are removed (the manifest changed, so they would be stale anyway; git 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -31,14 +30,14 @@ from peftrepro.jsonio import pretty_bytes
 from peftrepro.manifest import find_manifests, load_raw
 from peftrepro.records import newest_per_seed
 from peftrepro.tasks import get_task
+from peftrepro.tasks.base import Task
 
 CUT = math.sqrt(10)
 MOVED = 0.05  # nats per token of general-text CE
 MARK = "Rate guard:"
 
 
-def base_valid_score(task_name: str) -> float:
-    task = get_task(task_name)
+def base_valid_score(task: Task) -> float:
     prepared = task.prepare()
     batch = int(task.training_defaults.get("batch_size_eval", 8))
     return prepared.evaluate(prepared.model.eval(), "valid", batch)
@@ -53,10 +52,9 @@ def main() -> None:
     parser.add_argument("--apply", action="store_true")
     parser.add_argument("--max-cuts", type=int, default=2)
     args = parser.parse_args()
-    task_name = args.tree.name
-    task = get_task(task_name)
+    task = get_task(args.tree.name)
     valid_key = "valid_" + task.score_key.removeprefix("test_")
-    base = base_valid_score(task_name)
+    base = base_valid_score(task)
     print(f"base model, validation {valid_key}: {base:.4f}")
     for manifest in find_manifests([args.tree]):
         folder = manifest.parent
@@ -71,11 +69,11 @@ def main() -> None:
         doc = load_raw(manifest)
         lr = doc["training"]["optimizer_kwargs"]["lr"]
         cuts = doc.get("description", "").count(MARK)
-        moved = metrics.get("forgetting", 0.0) > MOVED
+        change = metrics.get("forgetting", 0.0)
         if valid > base:
             verdict = "ok"
-        elif not moved:
-            verdict = "learned nothing (forgetting {:+.4f}): kept".format(metrics.get("forgetting", 0.0))
+        elif change <= MOVED:
+            verdict = f"learned nothing (forgetting {change:+.4f}): kept"
         else:
             verdict = "diverged" if cuts < args.max_cuts else "diverged, no cuts left"
         print(f"{folder.parent.name}/{folder.name}: lr {lr:g}, validation {valid:.4f}: {verdict}")
@@ -91,7 +89,7 @@ def main() -> None:
         manifest.write_bytes(pretty_bytes(doc))
         for path in (folder / "runs").glob(f"*-s{args.seed}-*.json"):
             path.unlink()
-        print(f"  -> lr {new_lr:g}; {json.dumps(str(folder))} runs seed {args.seed} again")
+        print(f"  -> lr {new_lr:g}; {folder} runs seed {args.seed} again")
 
 
 if __name__ == "__main__":
