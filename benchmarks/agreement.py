@@ -8,8 +8,10 @@ success record. Their side: the published claims of the task it stands in for (`
   drift axis, the drift of that same best experiment;
 - per public experiment: rows whose method/name is the public experiment's own (a track that runs
   the imported configs), when there are at least 3.
-For each: both rankings side by side, Spearman and Kendall with 95% bootstrap intervals over the
-compared items (stats.rank_agreement, the same numbers as the task page), the median seed std of
+Where the task names the families its design was chosen on (`calibration_families`), the
+per-family comparison is also given in sample and out of sample. For each: both rankings side by
+side, Spearman and Kendall with 95% bootstrap intervals over the compared items
+(stats.rank_agreement, the same numbers as the task page), the median seed std of
 the rows compared, and the largest rank differences.
 
     .venv/bin/python benchmarks/agreement.py --task arithmetic --version 1
@@ -17,7 +19,7 @@ the rows compared, and the largest rank differences.
     .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b
         (a design candidate's tree, from benchmarks/transplant.py; the claims stay in submissions/)
     .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b \
-        --families-of benchmarks/designs/d   # design b over the families design d has run
+        --families-of submissions/gsm-symbolic   # design b over the families gsm-symbolic has run
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def main() -> None:
     parser.add_argument(
         "--families-of",
         type=Path,
-        help="rank only the families that have records in this other tree (two designs, same families)",
+        help="rank only the families with success records in this task folder (two designs, same families)",
     )
     args = parser.parse_args()
     task = get_task(args.task)
@@ -187,7 +189,7 @@ def main() -> None:
     if args.families_of is not None:
         other = {  # success records only: a cancelled run (over the budget) did not rank its family
             p.parent.parent.parent.name
-            for p in args.families_of.glob("*/*/*/runs/*.json")
+            for p in args.families_of.glob("*/*/runs/*.json")
             if _status(p) == "success"
         }
         families = [f for f in families if f in other]
@@ -207,6 +209,11 @@ def main() -> None:
             if axis in their_best[f][1] and axis in our_best[f][1]
         ]
         compare(f"{axis}, per method family (best experiment by score on each side)", per_family, lower)
+        if calibrated := task.calibration_families:  # the design's own families, and the rest
+            inside = [p for p in per_family if p[0] in calibrated]
+            compare(f"{axis}, in sample: the families the design was chosen on", inside, lower)
+            outside = [p for p in per_family if p[0] not in calibrated]
+            compare(f"{axis}, out of sample: families added after the design was frozen", outside, lower)
         shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
         per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]
         compare(f"{axis}, per public experiment (the same method/name on both sides)", per_experiment, lower)

@@ -9,7 +9,7 @@ learning rate is divided by sqrt(10) and the run is repeated, at most `--max-cut
 that moved nothing (AdaLoRA in 30 steps: forgetting -0.0001) learned nothing, which a lower rate
 cannot mend: it keeps its record. The test split is never read, so the rule cannot tune on it.
 
-    .venv/bin/python benchmarks/rate_guard.py benchmarks/designs/d/gsm-symbolic [--seed 0] [--apply]
+    .venv/bin/python benchmarks/rate_guard.py submissions/gsm-symbolic [--seed 0] [--apply]
 
 Without `--apply` it lists each run's validation score against the base's; with it, a diverged
 experiment's manifest gets the lower rate (and says so in its description) and its records of
@@ -47,7 +47,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("tree", type=Path, help="a design's task folder (designs/d/gsm-symbolic)")
+    parser.add_argument("tree", type=Path, help="a task folder (submissions/gsm-symbolic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--apply", action="store_true")
     parser.add_argument("--max-cuts", type=int, default=2)

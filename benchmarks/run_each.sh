@@ -4,7 +4,7 @@
 # corpus: records are written as each run ends; a folder that already has a record for the seed
 # is skipped, so an interrupted sweep resumes where it stopped. While the file $RUN_EACH_HOLD
 # (default /tmp/run_each.hold) exists, no new run starts: a timing elsewhere gets idle cores.
-#     benchmarks/run_each.sh benchmarks/designs/d/gsm-symbolic 0 900
+#     benchmarks/run_each.sh submissions/gsm-symbolic 1 900
 set -uo pipefail
 tree=${1:?usage: run_each.sh TREE SEED [LIMIT_SECONDS]}
 seed=${2:?seed}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -17,6 +18,7 @@ from peftrepro import stats
 from peftrepro.collect import Stored, Submission
 from peftrepro.compare import NOT_REPRODUCED, REPRODUCED
 from peftrepro.metrics import CHECK_MARKS, CHECKS
+from peftrepro.records import RunRecord
 from peftrepro.stats import Interval, Paired
 from peftrepro.tasks import get_task
 
@@ -89,6 +91,17 @@ class Row:
 SHOWN = ("peak_memory_bytes", "train_seconds", "adapter_bytes", "trainable_params")
 
 
+def _span(rec: RunRecord) -> str:
+    """How long a record's run lasted, from its timestamps ("?" where they do not parse)."""
+    try:
+        start, end = (
+            datetime.fromisoformat(t.replace("Z", "+00:00")) for t in (rec.started_at, rec.finished_at)
+        )
+    except ValueError:
+        return "?"
+    return f"{(end - start).total_seconds():.0f} s"
+
+
 def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") -> Row | None:
     """One row per submission; never run (or only cancelled): an `awaiting_run` row without figures."""
     if sub.claims:
@@ -118,8 +131,14 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         verdicts = {}
     elif (sub.latest is None or sub.latest.record.status == "cancelled") and sub.published:
         return published_row(sub, score_key, prior_key)
-    elif sub.latest is None or sub.latest.record.status == "cancelled":
+    elif sub.latest is None:
         return Row(sub, "awaiting_run", [])
+    elif sub.latest.record.status == "cancelled":  # a run stopped (over a budget, say): no figures
+        rec = sub.latest.record
+        why = rec.error.message if rec.error else "no reason given"
+        return Row(
+            sub, "awaiting_run", [sub.latest], note=f"its last run was cancelled after {_span(rec)} ({why})"
+        )
     else:
         return None
     row.checks = checks_cell(row.records)

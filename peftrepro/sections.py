@@ -345,8 +345,11 @@ def comparison_section(task_name: str, rows: list[Row], root_rel: str, published
         known.sort(key=lambda r: (-r.value(key) if higher else r.value(key), r.sub.key))
         best = ", ".join(f"{submission_cell(r, root_rel)} {fmt(r.stats.get(key))}" for r in known[:5])
         lines.append(f"- {label} {'↑' if higher else '↓'}: {best or '–'}")
+    measured = [r for r in rows if r.status in AGREEMENT_STATUSES]
     return (
-        lines + significance_section(t, ranked, root_rel) + published_section(t, ranked, published, root_rel)
+        lines
+        + significance_section(t, ranked, root_rel)
+        + published_section(t, measured, published, root_rel)
     )
 
 
@@ -395,25 +398,20 @@ def significance_section(t: Task, ranked: list[Row], root_rel: str) -> list[str]
     return lines + table(headers, body)
 
 
+# The rows a ranking against published results is read from: a flagged row (no better than the base
+# model) is a measured result, and the public rankings have such rows too (ln-tuning at 0.000).
+AGREEMENT_STATUSES = ("verified", "claimed", "flagged")
+
+
 def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel: str) -> list[str]:
     """Our best row per method family against the best published figure per family of the task
     this one is read against (its claims, `peftrepro import`): the two rankings and their Spearman
-    correlation over the families both have, and the families only one side has."""
+    correlation over the families both have, and the families only one side has. `ranked`: the
+    rows of AGREEMENT_STATUSES."""
     if t.published_task is None or not published:
         return []
     pt = get_task(t.published_task)
-    theirs: dict[str, tuple[float, Row]] = {}
-    for r in published:
-        for c in r.sub.published:
-            score = c.metrics.get(pt.score_key)
-            family = r.sub.key[1]
-            if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
-                theirs[family] = (float(score), r)
-    ours: dict[str, Row] = {}
-    for r in ranked:
-        family = r.sub.key[1]
-        if family not in ours or r.value(t.score_key) > ours[family].value(t.score_key):
-            ours[family] = r
+    theirs, ours = best_per_family(t, ranked, published)
     shared = sorted((f for f in theirs if f in ours), key=lambda f: (-theirs[f][0], f))
     sources = sorted(
         {
@@ -430,36 +428,113 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
         "family), read from their claims:",
         "",
     ]
+    calibrated = t.calibration_families
     body = [
         [
             md(f),
             f"{theirs[f][0]:.3f} ({submission_cell(theirs[f][1], root_rel)})",
             f"{submission_cell(ours[f], root_rel)} {fmt_stat(ours[f].stats.get(t.score_key), '.3f')}",
         ]
+        + (["in" if f in calibrated else "**out**"] if calibrated else [])
         for f in shared
     ]
+    headers = ["method", "published (best)", "here (best row)"]
     lines += (
-        table(["method", "published (best)", "here (best row)"], body)
+        table(headers + (["sample"] if calibrated else []), body)
         if body
         else ["No method family on both sides."]
     )
-    if len(shared) >= 3:
-        a = stats.rank_agreement([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
-        si, ki = a.spearman_interval, a.kendall_interval
-        lines += [
-            "",
-            f"Spearman rank correlation over these {a.n} families: {a.spearman:.2f} (95% interval "
-            f"{si.low:.2f} to {si.high:.2f}, resampling the families); Kendall's tau {a.kendall:.2f} "
-            f"({ki.low:.2f} to {ki.high:.2f}). `benchmarks/agreement.py` prints both rankings.",
-        ]
+    figures = {f: (theirs[f][0], ours[f].value(t.score_key)) for f in shared}
+    lines += agreement_lines(figures, calibrated)
     missing = sorted(f for f in theirs if f not in ours)
     extra = sorted(f for f in ours if f not in theirs)
     lines += [
         "",
-        f"Their methods without a verified or claimed row here ({len(missing)} of {len(theirs)}): "
+        f"Their methods without a verified, claimed or flagged row here ({len(missing)} of {len(theirs)}): "
         f"{md(', '.join(missing), 2000) or '–'}.",
         f"Rows here whose method they do not run: {md(', '.join(extra), 2000) or '–'}.",
     ]
+    return lines
+
+
+def best_per_family(
+    t: Task, ranked: list[Row], published: list[Row]
+) -> tuple[dict[str, tuple[float, Row]], dict[str, Row]]:
+    """Per method family: the best published figure of the task `t` is read against (with its row),
+    and our best row among `ranked` (by its mean)."""
+    pt = get_task(t.published_task or t.name)
+    theirs: dict[str, tuple[float, Row]] = {}
+    for r in published:
+        for c in r.sub.published:
+            score = c.metrics.get(pt.score_key)
+            family = r.sub.key[1]
+            if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
+                theirs[family] = (float(score), r)
+    ours: dict[str, Row] = {}
+    for r in ranked:
+        family = r.sub.key[1]
+        if family not in ours or r.value(t.score_key) > ours[family].value(t.score_key):
+            ours[family] = r
+    return theirs, ours
+
+
+def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | None:
+    """One sentence for the overview: how well the track's ranking predicts the published one (out
+    of sample apart, where the track names its calibration families); None below 3 families."""
+    if t.published_task is None:
+        return None
+    theirs, ours = best_per_family(t, [r for r in rows if r.status in AGREEMENT_STATUSES], published)
+    shared = sorted(f for f in theirs if f in ours)
+    if len(shared) < 3:
+        return None
+
+    def figure(families: list[str]) -> str:
+        a = stats.rank_agreement(
+            [theirs[f][0] for f in families], [ours[f].value(t.score_key) for f in families]
+        )
+        return (
+            f"{a.spearman:.2f} ({a.spearman_interval.low:.2f} to {a.spearman_interval.high:.2f}) over {a.n}"
+        )
+
+    text = (
+        f"Rank agreement with the published `{t.published_task}` results, best row per method family: "
+        f"Spearman {figure(shared)} families"
+    )
+    outside = [f for f in shared if f not in t.calibration_families]
+    if t.calibration_families and len(outside) >= 3:
+        text += f"; out of sample (families added after the design was frozen) {figure(outside)}"
+    return text + "."
+
+
+def agreement_lines(figures: dict[str, tuple[float, float]], calibrated: frozenset[str]) -> list[str]:
+    """Spearman and Kendall over families -> (published, ours). Where the track names the families
+    its design was chosen on, the figure over them (in sample) and over the rest (out of sample)
+    are given apart as well: only the second tests the design."""
+    parts = [("", sorted(figures))]
+    if calibrated:
+        parts += [
+            (
+                " in sample (the families the design was chosen on)",
+                sorted(f for f in figures if f in calibrated),
+            ),
+            (" out of sample (added after it was frozen)", sorted(f for f in figures if f not in calibrated)),
+        ]
+    lines = []
+    for what, families in parts:
+        if len(families) < 3:
+            if what:
+                lines += ["", f"Spearman rank correlation{what}: {len(families)} families, too few to rank."]
+            continue
+        a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])
+        si, ki = a.spearman_interval, a.kendall_interval
+        lines += [
+            "",
+            f"Spearman rank correlation{what} over these {a.n} families: {a.spearman:.2f} (95% interval "
+            f"{si.low:.2f} to {si.high:.2f}, resampling the families); Kendall's tau {a.kendall:.2f} "
+            f"({ki.low:.2f} to {ki.high:.2f}).",
+        ]
+    if lines:
+        lines[-1] += " `benchmarks/agreement.py` prints both rankings."
     return lines
 
 

@@ -252,6 +252,19 @@ def build(root: Path) -> None:
         ),
     )
 
+    # cancelled (over a time budget, say): no figures, awaiting a run, the record linked and its end said
+    m = write_manifest(
+        root,
+        manifest_doc("miss", "slow", {"peft_type": "MISS", "r": 64, "target_modules": ["q_proj", "v_proj"]}),
+    )
+    save(
+        m.folder,
+        "runs",
+        record(
+            m, 0, run_id(3, 0, 71), status="cancelled", error="stopped by SIGINT", error_type="RunCancelled"
+        ),
+    )
+
     # a record whose manifest was deleted
     orphan = write_manifest(root, manifest_doc("dora", "gone", {**LORA, "use_dora": True}))
     save(orphan.folder, "runs", record(orphan, 0, run_id(3, 0, 70)))

@@ -76,7 +76,16 @@ def test_golden_rows_have_the_expected_statuses() -> None:
         "oft/conv": "failed",
         "lokr/r4": "claimed",
         "miss/pending": "awaiting run",
+        "miss/slow": "awaiting run",
     }
+    slow = (
+        "[miss/slow](../submissions/arithmetic/miss/slow/manifest.json): its last run was cancelled after 0 s"
+    )
+    assert f"{slow} (stopped by SIGINT)" in text
+    assert (
+        "/miss/slow/runs/20260104T000111Z-s0-000047.json"
+        in table["[miss/slow](../submissions/arithmetic/miss/slow/manifest.json)"]
+    )
     checks = {
         k.split("]")[0].lstrip("["): v.split("|")[13].strip() for k, v in table.items() if k.startswith("[")
     }
@@ -92,7 +101,7 @@ def test_golden_rows_have_the_expected_statuses() -> None:
     # against the published results of the track it stands in for: read from that track's claims
     assert "| lora | 0.478 ([lora/r32](../submissions/metamathqa/lora/r32/manifest.json)) |" in compare
     assert "Spearman rank correlation over these 3 families: 1.00 (95% interval 1.00 to 1.00" in compare
-    assert "Rows here whose method they do not run: loha, lokr." in compare
+    assert "Rows here whose method they do not run: fourierft, loha, lokr, vera." in compare  # flagged count
     gpu = (EXPECTED / "metamathqa.md").read_text()
     published = [line for line in gpu.splitlines() if "| published (not re-run) |" in line]
     assert len(published) == 3 and not any(line.startswith("| ★") for line in published)

@@ -195,6 +195,31 @@ def test_rank_agreement_matches_scipy_and_its_interval_is_deterministic() -> Non
         stats.rank_agreement([1, 2], [1, 2])
 
 
+def test_the_page_gives_in_sample_and_out_of_sample_agreement_apart() -> None:
+    from peftrepro.sections import agreement_lines
+
+    # In sample the two rankings agree; out of sample they are reversed: the overall figure alone
+    # would hide that the design does not carry over.
+    figures = {f"in{i}": (i / 10, i / 10) for i in range(5)} | {
+        f"out{i}": (i / 10, -i / 10) for i in range(4)
+    }
+    text = "\n".join(agreement_lines(figures, frozenset(f"in{i}" for i in range(5))))
+    assert "in sample (the families the design was chosen on) over these 5 families: 1.00" in text
+    assert "out of sample (added after it was frozen) over these 4 families: -1.00" in text
+    assert "Spearman rank correlation over these 9 families:" in text
+    # Too few on one side is said, not ranked; a track without a calibration set gives one figure.
+    text = "\n".join(
+        agreement_lines(
+            {k: figures[k] for k in ("in0", "in1", "in2", "out0")}, frozenset({"in0", "in1", "in2"})
+        )
+    )
+    assert "out of sample (added after it was frozen): 1 families, too few to rank." in text
+    assert agreement_lines(figures, frozenset())[1].startswith(
+        "Spearman rank correlation over these 9 families"
+    )
+    assert agreement_lines({"a": (1.0, 1.0)}, frozenset()) == []
+
+
 def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tables_give() -> None:
     """paired_all/tiers compare a leader with a whole block through moments (seed means, centred
     item means): the same effects, standard errors and df as forming each row-minus-leader

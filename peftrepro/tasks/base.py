@@ -69,6 +69,9 @@ class Task(ABC):
     # The task whose published results (claims/, `peftrepro import`) this one is read against: a
     # GPU track against its own, a CPU stand-in against the GPU track it stands in for.
     published_task: str | None = None
+    # The method families the track's design was chosen on (its calibration set). The page then
+    # reports the agreement on them and on every other family apart: the second is out of sample.
+    calibration_families: frozenset[str] = frozenset()
 
     @property
     def corpus_seeds(self) -> tuple[int, ...]:
