@@ -18,7 +18,7 @@ LAYERS: tuple[str, ...] = (
     "peftrepro errors console jsonio paths methods metrics stats schemas runconfig peftconfig measure"
     " environment tasks.text tasks.hub signing forked ray_tracker",
     "training tasks.base checks",  # the loop, and what a task is
-    "tasks.arithmetic tasks.digits tasks.metamathqa tasks.imagegen tasks.gsm_symbolic",  # the tasks
+    "tasks.arithmetic tasks.digits tasks.flux_digits tasks.metamathqa tasks.imagegen tasks.gsm_symbolic",
     "tasks",  # their registry
     "manifest records compare validate",  # a manifest resolved against its task; records; their comparison
     "job sweep runners.local runners.entry runners.docker runners",  # one run or sweep, and where it happens

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from peftrepro.tasks import Prepared, digits, register
+from peftrepro.tasks import Prepared, digits, flux_digits, register
 from peftrepro.tasks.arithmetic import ArithmeticTask, GGUFSource, LocalDirSource, all_problems, general_texts
 
 
@@ -94,6 +94,28 @@ def register_tiny_digits(folder: Path) -> None:
     """Make `digits` load the tiny stand-in (same code path; only the recipe is smaller)."""
     build_tiny_digits(folder)
     register("digits", functools.partial(digits.DigitsTask, folder))
+
+
+TINY_FLUX_DIGITS_BASE = {
+    **flux_digits.BASE_RECIPE,
+    "transformer": {
+        **flux_digits.BASE_RECIPE["transformer"],
+        "num_single_layers": 1,
+        "num_attention_heads": 2,
+        "attention_head_dim": 32,
+        "axes_dims_rope": [8, 8, 8, 8],
+    },
+    "steps": 30,
+    "batch_size": 16,
+    "warmup_steps": 5,
+}
+
+
+def register_tiny_flux_digits(folder: Path) -> None:
+    """Make `flux-digits` load a tiny stand-in (same code path; only the recipe is smaller)."""
+    if not (folder / "build.json").exists():
+        flux_digits.build(folder, base=TINY_FLUX_DIGITS_BASE, evaluator_recipe=TINY_DIGITS_EVALUATOR)
+    register("flux-digits", functools.partial(flux_digits.FluxDigitsTask, folder))
 
 
 class ExplodingTask(ArithmeticTask):

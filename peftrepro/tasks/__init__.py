@@ -12,6 +12,7 @@ from peftrepro.errors import UsageError
 from peftrepro.tasks.arithmetic import ArithmeticTask
 from peftrepro.tasks.base import Prepared, Probe, Task, quiet_model_loading
 from peftrepro.tasks.digits import DigitsTask
+from peftrepro.tasks.flux_digits import FluxDigitsTask
 from peftrepro.tasks.gsm_symbolic import GSMSymbolicTask
 from peftrepro.tasks.imagegen import ImageGenTask
 from peftrepro.tasks.metamathqa import MetaMathQATask
@@ -45,6 +46,7 @@ def get_task(name: str) -> Task:
 def _register_builtin() -> None:
     register("arithmetic", ArithmeticTask)
     register("digits", DigitsTask)
+    register("flux-digits", FluxDigitsTask)
     register("gsm-symbolic", GSMSymbolicTask)
     register("metamathqa", MetaMathQATask)
     register("image-gen", ImageGenTask)

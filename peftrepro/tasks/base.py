@@ -25,6 +25,9 @@ class Probe:
 
     outputs: Callable[[torch.nn.Module], torch.Tensor]  # forward pass -> the output tensor compared
     loss: Callable[[torch.nn.Module], torch.Tensor]  # a training loss on the same batch
+    # PEFT types whose fresh adapter is an identity on this model only up to float rounding, though
+    # exact on others (measured; the value says what was seen): checked within tolerance, not bit for bit.
+    identity_rounding: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
