@@ -93,10 +93,11 @@ BASE_RECIPE: dict[str, Any] = {
 # unchanged; LoRA, DoRA and HRA stay bit for bit when disabled. Measured, not explained.
 _ROUNDING = "wrapping moves this transformer's outputs by 8.3e-07 (7 ulp), enabled or disabled"
 IDENTITY_ROUNDING = {kind: _ROUNDING for kind in ("IA3", "BOFT", "OFT")}
-# Pinned after the first build on the reference machine (see digits.py for what a pin means).
-RECIPE_SHA256 = ""
-BASE_WEIGHTS_SHA256 = ""
-EVALUATOR_SHA256 = ""
+# Pinned from the first build (2 AMD EPYC AVX2 cores, torch 2.13.0+cpu, 693 s; see digits.py for
+# what a pin means): another CPU may round differently, and its records then say `pinned: false`.
+RECIPE_SHA256 = "d517d0d5a0670e840925041048908e6c7d27a5cbd81dc19285aa341dec0fa595"
+BASE_WEIGHTS_SHA256 = "c3de6fedfbe8e32ecf604c19aca615aee123945334b357ba81306d84ac1b0d6e"
+EVALUATOR_SHA256 = "bd2a9b17c157bfa96fe516149359798292df46ec4616d00c78c78205ae2122ea"
 
 
 def _diffusers() -> Any:
@@ -311,6 +312,11 @@ class FluxDigitsTask(Task):
 
     def materialize(self, log: Any = None) -> dict[str, Any]:
         folder = self.folder()
+        if self._folder is None and self._recipe is BASE_RECIPE and recipe_sha256() != RECIPE_SHA256:
+            raise UsageError(
+                f"the flux-digits recipe hashes to {recipe_sha256()}, not the pinned {RECIPE_SHA256}: "
+                "a changed recipe needs a new task version and new pins"
+            )
         if not (folder / "build.json").exists():
             if self._folder is not None:
                 raise UsageError(f"{folder}: no flux-digits model here")
@@ -321,7 +327,7 @@ class FluxDigitsTask(Task):
         weights = sha256_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
         evaluator = sha256_file(folder / "evaluator.safetensors")
         pinned = (weights, evaluator) == (BASE_WEIGHTS_SHA256, EVALUATOR_SHA256)
-        if self._folder is None and BASE_WEIGHTS_SHA256 and not pinned:
+        if self._folder is None and not pinned:
             print(
                 f"note: the flux-digits models built here ({weights[:12]}, {evaluator[:12]}) differ from "
                 f"the pinned ones ({BASE_WEIGHTS_SHA256[:12]}, {EVALUATOR_SHA256[:12]}); records say so",
