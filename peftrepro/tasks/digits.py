@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,22 +183,35 @@ def train_evaluator(x: torch.Tensor, y: torch.Tensor, r: dict[str, Any]) -> tupl
 
 
 def train_base(x: torch.Tensor, y: torch.Tensor, r: dict[str, Any], log: Any = None) -> Any:
-    known = (y != CONCEPT).nonzero().flatten()
     torch.manual_seed(r["seed"])
-    unet = new_unet(r["unet"])
-    opt = torch.optim.AdamW(unet.parameters(), lr=r["lr"], weight_decay=0.0)
+    return train_on_known(new_unet(r["unet"]), diffusion_loss, x, y, r, log, "digits")
+
+
+def train_on_known(
+    model: torch.nn.Module,
+    loss_fn: Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    r: dict[str, Any],
+    log: Any,
+    name: str,
+) -> Any:
+    """A base model's recipe loop: batches of the known classes only (the held-out digit never),
+    AdamW with linear warmup; the global RNG seeded by the caller before the model was made."""
+    known = (y != CONCEPT).nonzero().flatten()
+    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / r["warmup_steps"]))
-    unet.train()
+    model.train()
     for step in range(r["steps"]):
         b = known[torch.randint(len(known), (r["batch_size"],))]
-        loss = diffusion_loss(unet, x[b], y[b])
+        loss = loss_fn(model, x[b], y[b])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
         if log is not None and (step + 1) % 500 == 0:
-            log(f"digits base model: step {step + 1}/{r['steps']}, loss {loss.item():.4f}")
-    return unet.eval()
+            log(f"{name} base model: step {step + 1}/{r['steps']}, loss {loss.item():.4f}")
+    return model.eval()
 
 
 def recipe_sha256(base: dict[str, Any] = BASE_RECIPE, evaluator: dict[str, Any] = EVALUATOR_RECIPE) -> str:
@@ -213,6 +226,25 @@ def build(
 ) -> dict[str, Any]:
     """Train the evaluator and the base model into `folder` (written beside it, renamed into place).
     Tests pass smaller recipes; the task's cache folder is named by the pinned ones."""
+    return build_models(
+        folder, base, evaluator_recipe, train_base, "unet", recipe_sha256(base, evaluator_recipe), log
+    )
+
+
+def build_models(
+    folder: Path,
+    base: dict[str, Any],
+    evaluator_recipe: dict[str, Any],
+    train: Callable[[torch.Tensor, torch.Tensor, dict[str, Any], Any], Any],
+    model_dir: str,
+    recipe_sha: str,
+    log: Any = None,
+    info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A digits track's two models, built into `folder`: the evaluator by its recipe, the base
+    model by `train(x, y, base, log)` (saved with `save_pretrained` into `model_dir`), with
+    `build.json` (the recipe's sha256, `info`, accuracy and seconds); written beside the folder and
+    renamed into place, so a concurrent builder or an interrupted build leaves no half folder."""
     from safetensors.torch import save_file
 
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -224,25 +256,26 @@ def build(
         t0 = time.perf_counter()
         evaluator, accuracy = train_evaluator(x, y, evaluator_recipe)
         t1 = time.perf_counter()
-        unet = train_base(x, y, base, log)
+        model = train(x, y, base, log)
         t2 = time.perf_counter()
         save_file(
             {k: v.contiguous() for k, v in evaluator.state_dict().items()}, tmp / "evaluator.safetensors"
         )
-        unet.save_pretrained(tmp / "unet")
-        info = {
-            "recipe_sha256": recipe_sha256(base, evaluator_recipe),
+        model.save_pretrained(tmp / model_dir)
+        built = {
+            "recipe_sha256": recipe_sha,
+            **(info or {}),
             "evaluator_accuracy": accuracy,
             "evaluator_seconds": round(t1 - t0, 1),
             "base_seconds": round(t2 - t1, 1),
         }
-        (tmp / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        (tmp / "build.json").write_text(json.dumps(built, indent=2, sort_keys=True) + "\n")
         try:
             os.rename(tmp, folder)
         except OSError:
             if not (folder / "build.json").exists():  # not a concurrent builder that won
                 raise
-        return info
+        return built
     finally:
         torch.set_num_threads(previous)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -304,6 +337,52 @@ def grid_png(rows: list[torch.Tensor], path: Path) -> None:
     Image.fromarray(canvas, mode="L").save(path, format="PNG", optimize=False, compress_level=9)
 
 
+def materialize_models(
+    task: str,
+    model_id: str,
+    folder: Path,
+    model_dir: str,
+    pins: tuple[str, str, str] | None,
+    recipe_sha: str,
+    build_fn: Callable[[], Any],
+    log: Any = None,
+) -> dict[str, Any]:
+    """A digits track's models, built into `folder` if missing, and what a record says of them.
+    `pins` (recipe, base weights, evaluator sha256): an edited recipe is refused, and weights built
+    here that differ from the pinned ones are used, said, and recorded as `pinned: false`. None: a
+    folder built elsewhere (tests, design candidates), used as it is and never built here."""
+    if pins is not None and recipe_sha != pins[0]:
+        raise UsageError(
+            f"the {task} recipe hashes to {recipe_sha}, not the pinned {pins[0]}: "
+            "a changed recipe needs a new task version and new pins"
+        )
+    if not (folder / "build.json").exists():
+        if pins is None:
+            raise UsageError(f"{folder}: no {task} model here")
+        if log is not None:
+            log(f"building the {task} base model and evaluator (recipe {recipe_sha[:12]}) ...")
+        build_fn()
+    info = json.loads((folder / "build.json").read_text())
+    weights = sha256_file(folder / model_dir / "diffusion_pytorch_model.safetensors")
+    evaluator = sha256_file(folder / "evaluator.safetensors")
+    pinned = pins is not None and (weights, evaluator) == pins[1:]
+    if pins is not None and not pinned:
+        print(
+            f"note: the {task} models built here ({weights[:12]}, {evaluator[:12]}) differ from the "
+            f"pinned ones ({pins[1][:12]}, {pins[2][:12]}); records say so, and "
+            "verifying them against records made with the pinned models gives not_comparable",
+            file=sys.stderr,
+        )
+    return {
+        "id": model_id,
+        "source": "local" if pins is None else f"recipe {info['recipe_sha256']}",
+        "weights_sha256": weights,
+        "evaluator_sha256": evaluator,
+        "evaluator_accuracy": info["evaluator_accuracy"],
+        "pinned": pinned,
+    }
+
+
 @dataclass(frozen=True)
 class ImageBatch:
     images: torch.Tensor
@@ -353,36 +432,16 @@ class DigitsTask(Task):
 
     def materialize(self, log: Any = None) -> dict[str, Any]:
         folder = self.folder()
-        if self._folder is None and recipe_sha256() != RECIPE_SHA256:
-            raise UsageError(
-                f"the digits recipe hashes to {recipe_sha256()}, not the pinned {RECIPE_SHA256}: "
-                "a changed recipe needs a new task version and new pins"
-            )
-        if not (folder / "build.json").exists():
-            if self._folder is not None:
-                raise UsageError(f"{folder}: no digits model here")
-            if log is not None:
-                log(f"building the digits base model and evaluator (recipe {recipe_sha256()[:12]}) ...")
-            build(folder, log)
-        info = json.loads((folder / "build.json").read_text())
-        weights = sha256_file(folder / "unet" / "diffusion_pytorch_model.safetensors")
-        evaluator = sha256_file(folder / "evaluator.safetensors")
-        pinned = (weights, evaluator) == (BASE_WEIGHTS_SHA256, EVALUATOR_SHA256)
-        if self._folder is None and not pinned:
-            print(
-                f"note: the digits models built here ({weights[:12]}, {evaluator[:12]}) differ from the "
-                f"pinned ones ({BASE_WEIGHTS_SHA256[:12]}, {EVALUATOR_SHA256[:12]}); records say so, and "
-                "verifying them against records made with the pinned models gives not_comparable",
-                file=sys.stderr,
-            )
-        return {
-            "id": self.base_model_id,
-            "source": "local" if self._folder is not None else f"recipe {info['recipe_sha256']}",
-            "weights_sha256": weights,
-            "evaluator_sha256": evaluator,
-            "evaluator_accuracy": info["evaluator_accuracy"],
-            "pinned": pinned,
-        }
+        return materialize_models(
+            self.name,
+            self.base_model_id,
+            folder,
+            "unet",
+            None if self._folder is not None else (RECIPE_SHA256, BASE_WEIGHTS_SHA256, EVALUATOR_SHA256),
+            recipe_sha256(),
+            lambda: build(folder, log),
+            log,
+        )
 
     def prepare(self, training: TrainingConfig | None = None) -> Prepared:
         del training  # float32 only (Task.dtypes)

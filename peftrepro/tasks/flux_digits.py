@@ -24,11 +24,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import shutil
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -36,8 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from peftrepro.errors import UsageError
-from peftrepro.jsonio import canonical_sha256, sha256_file
+from peftrepro.jsonio import canonical_sha256
 from peftrepro.metrics import VerificationPolicy
 from peftrepro.paths import cache_root
 from peftrepro.runconfig import TrainingConfig
@@ -48,13 +42,15 @@ from peftrepro.tasks.digits import (
     SIZE,
     Evaluator,
     ImageBatch,
+    build_models,
     concept_train_indices,
     digit_images,
     drift,
     drift_labels,
     grid_png,
     known_classes,
-    train_evaluator,
+    materialize_models,
+    train_on_known,
 )
 
 PATCH = 4
@@ -192,23 +188,10 @@ class Conditioner:
 
 
 def train_base(x: torch.Tensor, y: torch.Tensor, r: dict[str, Any], log: Any = None) -> Any:
-    known = (y != CONCEPT).nonzero().flatten()
     torch.manual_seed(r["seed"])
     model = new_transformer(r["transformer"])
     cond = Conditioner(prompt_table(r, r["transformer"]["joint_attention_dim"]))
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / r["warmup_steps"]))
-    model.train()
-    for step in range(r["steps"]):
-        b = known[torch.randint(len(known), (r["batch_size"],))]
-        loss = cond.loss(model, x[b], y[b])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        if log is not None and (step + 1) % 500 == 0:
-            log(f"flux-digits base model: step {step + 1}/{r['steps']}, loss {loss.item():.4f}")
-    return model.eval()
+    return train_on_known(model, cond.loss, x, y, r, log, "flux-digits")
 
 
 def recipe_sha256(base: dict[str, Any] = BASE_RECIPE, evaluator: dict[str, Any] = EVALUATOR_RECIPE) -> str:
@@ -221,41 +204,9 @@ def build(
     base: dict[str, Any] = BASE_RECIPE,
     evaluator_recipe: dict[str, Any] = EVALUATOR_RECIPE,
 ) -> dict[str, Any]:
-    """Train the evaluator and the base transformer into `folder` (written beside it, renamed into place)."""
-    from safetensors.torch import save_file
-
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=folder.parent))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(base["threads"])
-    try:
-        x, y = digit_images()
-        t0 = time.perf_counter()
-        evaluator, accuracy = train_evaluator(x, y, evaluator_recipe)
-        t1 = time.perf_counter()
-        model = train_base(x, y, base, log)
-        t2 = time.perf_counter()
-        save_file(
-            {k: v.contiguous() for k, v in evaluator.state_dict().items()}, tmp / "evaluator.safetensors"
-        )
-        model.save_pretrained(tmp / "transformer")
-        info = {
-            "recipe_sha256": recipe_sha256(base, evaluator_recipe),
-            "recipe": base,
-            "evaluator_accuracy": accuracy,
-            "evaluator_seconds": round(t1 - t0, 1),
-            "base_seconds": round(t2 - t1, 1),
-        }
-        (tmp / "build.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "build.json").exists():  # not a concurrent builder that won
-                raise
-        return info
-    finally:
-        torch.set_num_threads(previous)
-        shutil.rmtree(tmp, ignore_errors=True)
+    """Train the evaluator and the base transformer into `folder` (digits.build_models)."""
+    sha = recipe_sha256(base, evaluator_recipe)
+    return build_models(folder, base, evaluator_recipe, train_base, "transformer", sha, log, {"recipe": base})
 
 
 def concept_references(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -312,35 +263,17 @@ class FluxDigitsTask(Task):
 
     def materialize(self, log: Any = None) -> dict[str, Any]:
         folder = self.folder()
-        if self._folder is None and self._recipe is BASE_RECIPE and recipe_sha256() != RECIPE_SHA256:
-            raise UsageError(
-                f"the flux-digits recipe hashes to {recipe_sha256()}, not the pinned {RECIPE_SHA256}: "
-                "a changed recipe needs a new task version and new pins"
-            )
-        if not (folder / "build.json").exists():
-            if self._folder is not None:
-                raise UsageError(f"{folder}: no flux-digits model here")
-            if log is not None:
-                log(f"building the flux-digits base model and evaluator (recipe {recipe_sha256()[:12]}) ...")
-            build(folder, log, base=self._recipe)
-        info = json.loads((folder / "build.json").read_text())
-        weights = sha256_file(folder / "transformer" / "diffusion_pytorch_model.safetensors")
-        evaluator = sha256_file(folder / "evaluator.safetensors")
-        pinned = (weights, evaluator) == (BASE_WEIGHTS_SHA256, EVALUATOR_SHA256)
-        if self._folder is None and not pinned:
-            print(
-                f"note: the flux-digits models built here ({weights[:12]}, {evaluator[:12]}) differ from "
-                f"the pinned ones ({BASE_WEIGHTS_SHA256[:12]}, {EVALUATOR_SHA256[:12]}); records say so",
-                file=sys.stderr,
-            )
-        return {
-            "id": self.base_model_id,
-            "source": "local" if self._folder is not None else f"recipe {info['recipe_sha256']}",
-            "weights_sha256": weights,
-            "evaluator_sha256": evaluator,
-            "evaluator_accuracy": info["evaluator_accuracy"],
-            "pinned": pinned,
-        }
+        own = self._folder is None and self._recipe is BASE_RECIPE  # a candidate's recipe is never pinned
+        return materialize_models(
+            self.name,
+            self.base_model_id,
+            folder,
+            "transformer",
+            (RECIPE_SHA256, BASE_WEIGHTS_SHA256, EVALUATOR_SHA256) if own else None,
+            recipe_sha256(self._recipe),
+            lambda: build(folder, log, base=self._recipe),
+            log,
+        )
 
     def prepare(self, training: TrainingConfig | None = None) -> Prepared:
         del training  # float32 only (Task.dtypes)
