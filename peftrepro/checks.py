@@ -74,8 +74,14 @@ def output_scale(out: torch.Tensor) -> float:
     return float(out.float().abs().max()) or 1.0
 
 
+def peft_kind(config: PeftConfig | None) -> str:
+    """The config's PEFT type as its name ("LORA"); "None" for no config."""
+    peft_type = getattr(config, "peft_type", None)
+    return str(getattr(peft_type, "value", peft_type))
+
+
 def init_behaviour(config: PeftConfig) -> InitBehaviour:
-    entry = INIT_BEHAVIOUR.get(str(getattr(config.peft_type, "value", config.peft_type)))
+    entry = INIT_BEHAVIOUR.get(peft_kind(config))
     if entry is None:
         return InitBehaviour(EXACT, "a zero factor makes the initial update exactly zero")
     if isinstance(entry, InitBehaviour):
@@ -145,7 +151,7 @@ def check_identity(
 ) -> CheckResult:
     """`rounding`: PEFT types whose identity the task's model keeps only up to float rounding (Probe)."""
     name, behaviour = "identity_at_init", init_behaviour(config)
-    kind = str(getattr(config.peft_type, "value", config.peft_type))
+    kind = peft_kind(config)
     if behaviour.kind == EXACT and kind in rounding:
         behaviour = InitBehaviour(APPROXIMATE, rounding[kind])
     diff = max_diff(base_out, fresh_out)
@@ -230,8 +236,7 @@ def check_disable(model: PeftModel, probe: Probe, base_out: torch.Tensor) -> Che
     diff = max_diff(base_out, out)
     if diff == 0.0:
         return CheckResult(name, PASSED, "disabled adapter gives the base outputs bit for bit", 0.0)
-    config = model.peft_config.get(model.active_adapter)
-    kind = str(getattr(getattr(config, "peft_type", None), "value", None))
+    kind = peft_kind(model.peft_config.get(model.active_adapter))
     if (
         kind in probe.identity_rounding
         and diff is not None

@@ -42,6 +42,7 @@ from peftrepro.tasks.digits import (
     SIZE,
     Evaluator,
     ImageBatch,
+    _diffusers,
     build_models,
     concept_train_indices,
     digit_images,
@@ -94,12 +95,6 @@ IDENTITY_ROUNDING = {kind: _ROUNDING for kind in ("IA3", "BOFT", "OFT")}
 RECIPE_SHA256 = "d517d0d5a0670e840925041048908e6c7d27a5cbd81dc19285aa341dec0fa595"
 BASE_WEIGHTS_SHA256 = "c3de6fedfbe8e32ecf604c19aca615aee123945334b357ba81306d84ac1b0d6e"
 EVALUATOR_SHA256 = "bd2a9b17c157bfa96fe516149359798292df46ec4616d00c78c78205ae2122ea"
-
-
-def _diffusers() -> Any:
-    import diffusers
-
-    return diffusers
 
 
 def new_transformer(cfg: dict[str, Any]) -> Any:
