@@ -10,10 +10,12 @@ every manifest (a design candidate's budget, e.g. max_steps=60), `--lr-scale F` 
 transplanted learning rate (a candidate's rate factor), so that all experiments of a candidate run
 under identical conditions. `--lr-power P` compresses the public rates' spread instead: the
 track's default x (their rate / their default)^P, so 1 is the plain transplant and 0.5 the
-square-root rule (a config tuned at 30x its default runs at 5.5x here).
+square-root rule (a config tuned at 30x its default runs at 5.5x here). `--relative-steps` keeps a
+public experiment's own step budget relative to its task's default (image-gen's full fine-tuning
+runs 300 of 750 steps there, so 60 of 150 here); without it every manifest has the track's budget.
 
     .venv/bin/python benchmarks/transplant.py --to arithmetic --into /tmp/design-a [--set max_steps=60]
-        [--methods lora,ia3,...] [--best-per-family] [--lr-scale 0.5] [--lr-power 0.5]
+        [--methods lora,ia3,...] [--best-per-family] [--lr-scale 0.5] [--lr-power 0.5] [--relative-steps]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--lr-scale", type=float, default=1.0)
     parser.add_argument("--lr-power", type=float, default=1.0)
+    parser.add_argument("--relative-steps", action="store_true", help="their max_steps / their default")
     parser.add_argument("--methods", help="comma-separated method families (default: all)")
     parser.add_argument(
         "--best-per-family",
@@ -55,6 +58,8 @@ def main() -> None:
         sys.exit(f"error: task {args.to!r} stands in for no published task")
     default = get_task(args.to).training_defaults["optimizer_kwargs"]["lr"]
     their_default = get_task(published).training_defaults["optimizer_kwargs"]["lr"]
+    track = get_task(args.to).training_defaults
+    steps, their_steps = track["max_steps"], get_task(published).training_defaults["max_steps"]
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     wanted = set(args.methods.split(",")) if args.methods else None
     best = None
@@ -80,10 +85,20 @@ def main() -> None:
         their_lr = ((load_raw(source).get("training") or {}).get("optimizer_kwargs") or {}).get("lr")
         relative = (their_lr or their_default) / their_default
         training["optimizer_kwargs"]["lr"] = float(f"{default * relative**args.lr_power * args.lr_scale:.6g}")
-        if overrides or args.lr_scale != 1.0 or args.lr_power != 1.0:
+        their_max = (load_raw(source).get("training") or {}).get("max_steps")
+        if args.relative_steps and their_max and their_max != their_steps:
+            training["max_steps"] = max(1, round(steps * their_max / their_steps))
+            if training.get("eval_steps", track["eval_steps"]) > training["max_steps"]:
+                training["eval_steps"] = training["max_steps"]
+        if overrides or args.lr_scale != 1.0 or args.lr_power != 1.0 or "max_steps" in training:
             doc["description"] += (
                 f" Design candidate: {json.dumps(overrides)}, lr x {args.lr_scale:g}, "
-                f"lr = {default:g} x (theirs / {their_default:g})^{args.lr_power:g}."
+                f"lr = {default:g} x (theirs / {their_default:g})^{args.lr_power:g}"
+                + (
+                    f", {training['max_steps']} steps ({their_max} of their {their_steps})."
+                    if args.relative_steps and "max_steps" in training
+                    else "."
+                )
             )
             path.write_bytes(pretty_bytes(doc))
         checked = validate_one(path, prepared=prepared)
