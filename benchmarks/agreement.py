@@ -20,11 +20,22 @@ the rows compared, and the largest rank differences.
         (a design candidate's tree, from benchmarks/transplant.py; the claims stay in submissions/)
     .venv/bin/python benchmarks/agreement.py --task arithmetic --submissions benchmarks/designs/b \
         --families-of submissions/gsm-symbolic   # design b over the families gsm-symbolic has run
+    .venv/bin/python benchmarks/agreement.py --task flux-digits --their-noise auto --valid-per-test 0.5
+
+`--their-noise` prints a ceiling: the published figures are single runs, themselves noisy, so even a
+proxy that ranked the true values perfectly would not reach 1. Taking the published values as the
+truth and adding normal noise of the given std to them, it prints the median Spearman (and 5th
+percentile) between the two. `auto` estimates the std from the published runs themselves: the
+median, over the published experiments, of the std of each run's last three validation figures,
+times √(validation items / test items) (`--valid-per-test`: image-gen validates on 2 images and tests
+on 4, so 0.5). Taking the noisy values as the truth overstates their spread, so the ceiling is, if
+anything, optimistic.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 from dataclasses import dataclass
@@ -90,6 +101,35 @@ def their_rows(root: Path, task_name: str) -> dict[str, dict[str, float]]:
     return found
 
 
+def their_noise(root: Path, task_name: str, valid_per_test: float) -> tuple[float, int]:
+    """The median std of the last three validation figures of each published run, scaled to the
+    test split's size; and how many runs it is over."""
+    subs, _ = load_tree(root)
+    spreads = []
+    for sub in subs:
+        if sub.key[0] != task_name:
+            continue
+        for claim in sub.published:
+            curve = claim.metrics.get("valid_curve") or []
+            values = [v for point in curve for k, v in point.items() if k.startswith("valid_")]
+            if len(values) >= 3:
+                spreads.append(statistics.stdev(values[-3:]))
+    if not spreads:
+        return float("nan"), 0
+    return statistics.median(spreads) * valid_per_test**0.5, len(spreads)
+
+
+def noise_ceiling(theirs: list[float], sigma: float, draws: int = 2000) -> tuple[float, float]:
+    """Median and 5th percentile of Spearman(theirs, theirs + N(0, sigma^2)): a perfect proxy's
+    agreement with published figures that carry that noise."""
+    rng = random.Random(0)
+    rhos = sorted(
+        float(scipy.stats.spearmanr(theirs, [v + rng.gauss(0.0, sigma) for v in theirs])[0])
+        for _ in range(draws)
+    )
+    return statistics.median(rhos), rhos[draws // 20]
+
+
 def best_per_family(rows: dict[str, dict[str, float]]) -> dict[str, tuple[str, dict[str, float]]]:
     best: dict[str, tuple[str, dict[str, float]]] = {}
     for key, figures in sorted(rows.items()):
@@ -111,7 +151,10 @@ def ranks(values: list[float], lower_is_better: bool) -> list[float]:
 
 
 def compare(
-    title: str, pairs: list[tuple[str, str, float, str, float, float]], lower_is_better: bool
+    title: str,
+    pairs: list[tuple[str, str, float, str, float, float]],
+    lower_is_better: bool,
+    sigma: float | None = None,
 ) -> None:
     """pairs: (item, their key, their value, our key, our value, our seed std)."""
     print(f"\n### {title}\n")
@@ -145,6 +188,12 @@ def compare(
     )
     worst = sorted(range(len(pairs)), key=lambda i: (-abs(ro[i] - rt[i]), pairs[i][0]))[:5]
     print("largest rank differences: " + "; ".join(f"{pairs[i][0]} {ro[i] - rt[i]:+g}" for i in worst))
+    if sigma is not None and sigma == sigma:
+        median, low = noise_ceiling(theirs, sigma)
+        print(
+            f"ceiling: a perfect proxy against published figures with noise std {sigma:.3f}: "
+            f"Spearman {median:.2f} (5th percentile {low:.2f})"
+        )
 
 
 def main() -> None:
@@ -164,6 +213,8 @@ def main() -> None:
         type=Path,
         help="rank only the families with success records in this task folder (two designs, same families)",
     )
+    parser.add_argument("--their-noise", help="std of the published score (a number, or auto): the ceiling")
+    parser.add_argument("--valid-per-test", type=float, default=1.0, help="auto: validation / test items")
     args = parser.parse_args()
     task = get_task(args.task)
     against = args.against or task.published_task
@@ -180,6 +231,15 @@ def main() -> None:
         f"({len(theirs)} experiments)"
     )
 
+    sigma = None
+    if args.their_noise == "auto":
+        sigma, runs = their_noise(args.published, against, args.valid_per_test)
+        print(
+            f"published score noise: std {sigma:.3f} (median over {runs} runs of their last three "
+            f"validation figures' std, x sqrt({args.valid_per_test:g}))"
+        )
+    elif args.their_noise is not None:
+        sigma = float(args.their_noise)
     seconds = [t for r in ours.values() for t in r.seconds]
     if seconds:
         print(f"minutes per run here: median {statistics.median(seconds) / 60:.1f} over {len(seconds)} runs")
@@ -208,12 +268,27 @@ def main() -> None:
             for f in families
             if axis in their_best[f][1] and axis in our_best[f][1]
         ]
-        compare(f"{axis}, per method family (best experiment by score on each side)", per_family, lower)
+        compare(
+            f"{axis}, per method family (best experiment by score on each side)",
+            per_family,
+            lower,
+            sigma if axis == "score" else None,
+        )
         if calibrated := task.calibration_families:  # the design's own families, and the rest
             inside = [p for p in per_family if p[0] in calibrated]
-            compare(f"{axis}, in sample: the families the design was chosen on", inside, lower)
+            compare(
+                f"{axis}, in sample: the families the design was chosen on",
+                inside,
+                lower,
+                sigma if axis == "score" else None,
+            )
             outside = [p for p in per_family if p[0] not in calibrated]
-            compare(f"{axis}, out of sample: families added after the design was frozen", outside, lower)
+            compare(
+                f"{axis}, out of sample: families added after the design was frozen",
+                outside,
+                lower,
+                sigma if axis == "score" else None,
+            )
         shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
         per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]
         compare(f"{axis}, per public experiment (the same method/name on both sides)", per_experiment, lower)

@@ -51,9 +51,10 @@ class InitBehaviour:
 
 _PROMPT = "prompt learning: trained virtual tokens are attended to from the first step"
 _ROTATION = "an orthogonal product that equals I only up to float rounding"
-# PEFT type -> (config field, value that makes it an exact identity or None, behaviour otherwise).
+# PEFT type -> its behaviour, or (config field, the value that makes it an exact identity, the
+# behaviour otherwise[, the behaviour at that value where it is not exact]).
 # Types not listed are exact identities: a zero factor makes the update exactly zero.
-INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[str, Any, InitBehaviour]] = {
+INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[Any, ...]] = {
     "PREFIX_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
     "PROMPT_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
     "P_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
@@ -65,7 +66,12 @@ INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[str, Any, InitBehaviour]] = {
     "HRA": InitBehaviour(APPROXIMATE, "paired Householder reflections: " + _ROTATION),
     "OSF": InitBehaviour(APPROXIMATE, "trainable SVD factors of the base weight, recomposed in float32"),
     "FROD": InitBehaviour(APPROXIMATE, "a decomposition of the base weights, recomposed in float32"),
-    "DEFT": InitBehaviour(APPROXIMATE, "an injected projection that cancels only up to float rounding"),
+    "DEFT": (
+        "para",
+        False,
+        InitBehaviour(BY_DESIGN, "para=True (PaRa): pure subspace removal, no injection to cancel it"),
+        InitBehaviour(APPROXIMATE, "an injected projection that cancels only up to float rounding"),
+    ),
 }
 
 
@@ -86,9 +92,13 @@ def init_behaviour(config: PeftConfig) -> InitBehaviour:
         return InitBehaviour(EXACT, "a zero factor makes the initial update exactly zero")
     if isinstance(entry, InitBehaviour):
         return entry
-    field, identity_value, otherwise = entry
+    field, identity_value, otherwise, *at_value = entry
     if getattr(config, field, None) == identity_value:
-        return InitBehaviour(EXACT, f"{field}={identity_value!r} zero-initialises the update")
+        return (
+            at_value[0]
+            if at_value
+            else InitBehaviour(EXACT, f"{field}={identity_value!r} zero-initialises the update")
+        )
     return otherwise
 
 

@@ -8,6 +8,7 @@ import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 from peftrepro import stats
@@ -446,6 +447,8 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
     )
     figures = {f: (theirs[f][0], ours[f].value(t.score_key)) for f in shared}
     lines += agreement_lines(figures, calibrated)
+    if t.prior_key is not None:  # the other axis (drift), of the same best experiment on each side
+        lines += _prior_agreement(t, theirs, ours, shared, calibrated)
     missing = sorted(f for f in theirs if f not in ours)
     extra = sorted(f for f in ours if f not in theirs)
     lines += [
@@ -457,19 +460,47 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
     return lines
 
 
+def _prior_agreement(
+    t: Task,
+    theirs: dict[str, tuple[float, Row, dict[str, Any]]],
+    ours: dict[str, Row],
+    shared: list[str],
+    calibrated: frozenset[str],
+) -> list[str]:
+    """The second axis (the task's prior key, lower is better: drift) of the same best experiments,
+    where the published claims measured it too."""
+    assert t.prior_key is not None
+    prior = {
+        f: (float(theirs[f][2][t.prior_key]), ours[f].value(t.prior_key))
+        for f in shared
+        if isinstance(theirs[f][2].get(t.prior_key), int | float)
+        and not math.isnan(ours[f].value(t.prior_key))
+    }
+    if not prior:
+        return []
+    label = METRICS_BY_KEY[t.prior_key].label
+    body = [
+        [md(f), f"{a:.3f}", f"{b:.3f}"]
+        for f, (a, b) in sorted(prior.items(), key=lambda kv: (kv[1][0], kv[0]))
+    ]
+    lines = ["", f"The same best experiments on {label} (lower is better on both sides):", ""]
+    lines += table(["method", f"published {label}", f"here {label}"], body)
+    return lines + agreement_lines({f: (-a, -b) for f, (a, b) in prior.items()}, calibrated, f" of {label}")
+
+
 def best_per_family(
     t: Task, ranked: list[Row], published: list[Row]
-) -> tuple[dict[str, tuple[float, Row]], dict[str, Row]]:
-    """Per method family: the best published figure of the task `t` is read against (with its row),
-    and our best row among `ranked` (by its mean)."""
+) -> tuple[dict[str, tuple[float, Row, dict[str, Any]]], dict[str, Row]]:
+    """Per method family: the best published figure of the task `t` is read against (with its row
+    and that claim's metrics), and our best row among `ranked` (by its mean)."""
     pt = get_task(t.published_task or t.name)
-    theirs: dict[str, tuple[float, Row]] = {}
+    theirs: dict[str, tuple[float, Row, dict[str, Any]]] = {}
     for r in published:
         for c in r.sub.published:
             score = c.metrics.get(pt.score_key)
             family = r.sub.key[1]
             if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
-                theirs[family] = (float(score), r)
+                theirs[family] = (float(score), r, c.metrics)
     ours: dict[str, Row] = {}
     for r in ranked:
         family = r.sub.key[1]
@@ -506,7 +537,9 @@ def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | N
     return text + "."
 
 
-def agreement_lines(figures: dict[str, tuple[float, float]], calibrated: frozenset[str]) -> list[str]:
+def agreement_lines(
+    figures: dict[str, tuple[float, float]], calibrated: frozenset[str], axis: str = ""
+) -> list[str]:
     """Spearman and Kendall over families -> (published, ours). Where the track names the families
     its design was chosen on, the figure over them (in sample) and over the rest (out of sample)
     are given apart as well: only the second tests the design."""
@@ -523,15 +556,18 @@ def agreement_lines(figures: dict[str, tuple[float, float]], calibrated: frozens
     for what, families in parts:
         if len(families) < 3:
             if what:
-                lines += ["", f"Spearman rank correlation{what}: {len(families)} families, too few to rank."]
+                lines += [
+                    "",
+                    f"Spearman rank correlation{axis}{what}: {len(families)} families, too few to rank.",
+                ]
             continue
         a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])
         si, ki = a.spearman_interval, a.kendall_interval
         lines += [
             "",
-            f"Spearman rank correlation{what} over these {a.n} families: {a.spearman:.2f} (95% interval "
-            f"{si.low:.2f} to {si.high:.2f}, resampling the families); Kendall's tau {a.kendall:.2f} "
-            f"({ki.low:.2f} to {ki.high:.2f}).",
+            f"Spearman rank correlation{axis}{what} over these {a.n} families: {a.spearman:.2f} "
+            f"(95% interval {si.low:.2f} to {si.high:.2f}, resampling the families); "
+            f"Kendall's tau {a.kendall:.2f} ({ki.low:.2f} to {ki.high:.2f}).",
         ]
     if lines:
         lines[-1] += " `benchmarks/agreement.py` prints both rankings."

@@ -13,7 +13,16 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from peft import AdaLoraConfig, BOFTConfig, HRAConfig, LoraConfig, OFTConfig, PeftModel, PrefixTuningConfig
+from peft import (
+    AdaLoraConfig,
+    BOFTConfig,
+    DeftConfig,
+    HRAConfig,
+    LoraConfig,
+    OFTConfig,
+    PeftModel,
+    PrefixTuningConfig,
+)
 
 from peftrepro import checks, peftconfig
 from peftrepro.cli import main
@@ -57,8 +66,10 @@ def lora_layers(model: PeftModel) -> list[torch.nn.Module]:
         (BOFTConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], boft_block_size=4), checks.EXACT),
         (HRAConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], r=4), checks.APPROXIMATE),
         (PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4), checks.BY_DESIGN),
+        # PaRa: pure subspace removal, an identity at init by no choice of its fields (peft's docs)
+        (DeftConfig(task_type="CAUSAL_LM", target_modules=["q_proj"], r=4, para=True), checks.BY_DESIGN),
     ],
-    ids=["lora", "boft", "hra", "prefix-tuning"],
+    ids=["lora", "boft", "hra", "prefix-tuning", "deft-para"],
 )
 def test_healthy_adapters_pass_every_check(prepared: Prepared, config: Any, identity: str) -> None:
     results = checks.run_checks(prepared.model, config, prepared.probe)

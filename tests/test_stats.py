@@ -220,6 +220,37 @@ def test_the_page_gives_in_sample_and_out_of_sample_agreement_apart() -> None:
     assert agreement_lines({"a": (1.0, 1.0)}, frozenset()) == []
 
 
+def test_the_page_ranks_drift_of_the_same_best_experiments_lower_first() -> None:
+    from types import SimpleNamespace
+
+    from peftrepro.sections import _prior_agreement
+    from peftrepro.tasks import get_task
+
+    class Ours:
+        def __init__(self, drift: float) -> None:
+            self.drift = drift
+
+        def value(self, key: str) -> float:
+            return self.drift if key == "drift" else float("nan")
+
+    task = get_task("flux-digits")
+    families = ["boft", "lora", "c3a", "lily"]  # three in sample, one out
+    theirs = {
+        f: (0.5, SimpleNamespace(), {"drift": d}) for f, d in zip(families, (0.2, 0.3, 0.4, 0.1), strict=True)
+    }
+    same = {f: Ours(d) for f, d in zip(families, (0.01, 0.05, 0.08, 0.001), strict=True)}
+    text = "\n".join(_prior_agreement(task, theirs, same, families, task.calibration_families))  # type: ignore[arg-type]
+    assert "| lily | 0.100 | 0.001 |\n| boft | 0.200 | 0.010 |" in text  # lowest published drift first
+    assert "Spearman rank correlation of drift over these 4 families: 1.00" in text
+    assert "of drift in sample (the families the design was chosen on) over these 3 families: 1.00" in text
+    reversed_ = {f: Ours(-d) for f, d in zip(families, (0.01, 0.05, 0.08, 0.001), strict=True)}
+    text = "\n".join(_prior_agreement(task, theirs, reversed_, families, frozenset()))  # type: ignore[arg-type]
+    assert "Spearman rank correlation of drift over these 4 families: -1.00" in text
+    # published claims without the axis (the text benchmarks measure no forgetting): no section
+    bare = {f: (0.5, SimpleNamespace(), {}) for f in families}
+    assert _prior_agreement(task, bare, same, families, frozenset()) == []  # type: ignore[arg-type]
+
+
 def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tables_give() -> None:
     """paired_all/tiers compare a leader with a whole block through moments (seed means, centred
     item means): the same effects, standard errors and df as forming each row-minus-leader
