@@ -460,6 +460,21 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
     return lines
 
 
+def prior_figures(
+    t: Task, theirs: dict[str, tuple[float, Row, dict[str, Any]]], ours: dict[str, Row], shared: list[str]
+) -> dict[str, tuple[float, float]]:
+    """Family -> (published, ours) on the task's second axis (its prior key: drift), of the same best
+    experiments, where the published claims measured it too."""
+    key = t.prior_key
+    if key is None:
+        return {}
+    return {
+        f: (float(theirs[f][2][key]), ours[f].value(key))
+        for f in shared
+        if isinstance(theirs[f][2].get(key), int | float) and not math.isnan(ours[f].value(key))
+    }
+
+
 def _prior_agreement(
     t: Task,
     theirs: dict[str, tuple[float, Row, dict[str, Any]]],
@@ -467,16 +482,9 @@ def _prior_agreement(
     shared: list[str],
     calibrated: frozenset[str],
 ) -> list[str]:
-    """The second axis (the task's prior key, lower is better: drift) of the same best experiments,
-    where the published claims measured it too."""
-    assert t.prior_key is not None
-    prior = {
-        f: (float(theirs[f][2][t.prior_key]), ours[f].value(t.prior_key))
-        for f in shared
-        if isinstance(theirs[f][2].get(t.prior_key), int | float)
-        and not math.isnan(ours[f].value(t.prior_key))
-    }
-    if not prior:
+    """The second axis (lower is better on both sides) in a table and its rank agreement."""
+    prior = prior_figures(t, theirs, ours, shared)
+    if not prior or t.prior_key is None:
         return []
     label = METRICS_BY_KEY[t.prior_key].label
     body = [
@@ -519,21 +527,29 @@ def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | N
     if len(shared) < 3:
         return None
 
-    def figure(families: list[str]) -> str:
-        a = stats.rank_agreement(
-            [theirs[f][0] for f in families], [ours[f].value(t.score_key) for f in families]
-        )
+    def figure(figures: dict[str, tuple[float, float]], families: list[str]) -> str:
+        a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])
         return (
             f"{a.spearman:.2f} ({a.spearman_interval.low:.2f} to {a.spearman_interval.high:.2f}) over {a.n}"
         )
 
+    def outside(figures: dict[str, tuple[float, float]]) -> list[str]:
+        return [f for f in sorted(figures) if f not in t.calibration_families]
+
+    score = {f: (theirs[f][0], ours[f].value(t.score_key)) for f in shared}
     text = (
         f"Rank agreement with the published `{t.published_task}` results, best row per method family: "
-        f"Spearman {figure(shared)} families"
+        f"Spearman {figure(score, shared)} families"
     )
-    outside = [f for f in shared if f not in t.calibration_families]
-    if t.calibration_families and len(outside) >= 3:
-        text += f"; out of sample (families added after the design was frozen) {figure(outside)}"
+    if t.calibration_families and len(outside(score)) >= 3:
+        text += (
+            f"; out of sample (families added after the design was frozen) {figure(score, outside(score))}"
+        )
+    prior = {f: (-a, -b) for f, (a, b) in prior_figures(t, theirs, ours, shared).items()}
+    if len(prior) >= 3 and t.prior_key is not None:
+        text += f". On {METRICS_BY_KEY[t.prior_key].label}: {figure(prior, sorted(prior))} families"
+        if t.calibration_families and len(outside(prior)) >= 3:
+            text += f"; out of sample {figure(prior, outside(prior))}"
     return text + "."
 
 

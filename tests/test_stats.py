@@ -223,7 +223,7 @@ def test_the_page_gives_in_sample_and_out_of_sample_agreement_apart() -> None:
 def test_the_page_ranks_drift_of_the_same_best_experiments_lower_first() -> None:
     from types import SimpleNamespace
 
-    from peftrepro.sections import _prior_agreement
+    from peftrepro.sections import _prior_agreement, prior_figures
     from peftrepro.tasks import get_task
 
     class Ours:
@@ -249,6 +249,13 @@ def test_the_page_ranks_drift_of_the_same_best_experiments_lower_first() -> None
     # published claims without the axis (the text benchmarks measure no forgetting): no section
     bare = {f: (0.5, SimpleNamespace(), {}) for f in families}
     assert _prior_agreement(task, bare, same, families, frozenset()) == []  # type: ignore[arg-type]
+    # the overview's figure reads the same pairs; a row without the measure here is left out too
+    same["lily"] = Ours(float("nan"))
+    assert prior_figures(task, theirs, same, families) == {  # type: ignore[arg-type]
+        "boft": (0.2, 0.01),
+        "lora": (0.3, 0.05),
+        "c3a": (0.4, 0.08),
+    }
 
 
 def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tables_give() -> None:
