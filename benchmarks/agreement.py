@@ -40,6 +40,7 @@ import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import scipy.stats
 
@@ -83,37 +84,42 @@ def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[
     return rows
 
 
-def their_rows(root: Path, task_name: str) -> dict[str, dict[str, float]]:
+def their_claims(root: Path, task_name: str) -> list[tuple[str, dict[str, Any]]]:
+    """(method/name, claim metrics) for every published claim of the task's current manifests."""
+    subs, _ = load_tree(root)
+    return [
+        (f"{sub.key[1]}/{sub.key[2]}", claim.metrics)
+        for sub in subs
+        if sub.key[0] == task_name
+        for claim in sub.published
+    ]
+
+
+def their_rows(
+    root: Path, task_name: str, claims: list[tuple[str, dict[str, Any]]] | None = None
+) -> dict[str, dict[str, float]]:
     """method/name -> axis -> their figure, from the claims of the current manifests."""
     task = get_task(task_name)
     keys = {"score": task.score_key, "drift": "drift"}
-    subs, _ = load_tree(root)
     found: dict[str, dict[str, float]] = {}
-    for sub in subs:
-        if sub.key[0] != task_name:
-            continue
-        for claim in sub.published:  # several results for one experiment: the best score stands
-            m = claim.metrics
-            figures = {axis: float(m[k]) for axis, k in keys.items() if isinstance(m.get(k), int | float)}
-            key = f"{sub.key[1]}/{sub.key[2]}"
-            if "score" in figures and figures["score"] > found.get(key, {}).get("score", float("-inf")):
-                found[key] = figures
+    for key, m in their_claims(root, task_name) if claims is None else claims:
+        # several results for one experiment: the best score stands
+        figures = {axis: float(m[k]) for axis, k in keys.items() if isinstance(m.get(k), int | float)}
+        if "score" in figures and figures["score"] > found.get(key, {}).get("score", float("-inf")):
+            found[key] = figures
     return found
 
 
-def their_noise(root: Path, task_name: str, valid_per_test: float) -> tuple[float, int]:
+def their_noise(claims: list[tuple[str, dict[str, Any]]], valid_per_test: float) -> tuple[float, int]:
     """The median std of the last three validation figures of each published run, scaled to the
     test split's size; and how many runs it is over."""
-    subs, _ = load_tree(root)
     spreads = []
-    for sub in subs:
-        if sub.key[0] != task_name:
-            continue
-        for claim in sub.published:
-            curve = claim.metrics.get("valid_curve") or []
-            values = [v for point in curve for k, v in point.items() if k.startswith("valid_")]
-            if len(values) >= 3:
-                spreads.append(statistics.stdev(values[-3:]))
+    for _, m in claims:
+        values = [
+            v for point in m.get("valid_curve") or [] for k, v in point.items() if k.startswith("valid_")
+        ]
+        if len(values) >= 3:
+            spreads.append(statistics.stdev(values[-3:]))
     if not spreads:
         return float("nan"), 0
     return statistics.median(spreads) * valid_per_test**0.5, len(spreads)
@@ -225,7 +231,8 @@ def main() -> None:
         parser.error(f"unknown axes {unknown}; known: {', '.join(AXES)}")
     version = args.version or task.version
     ours = {r.key: r for r in our_rows(args.submissions, args.task, version, axes)}
-    theirs = their_rows(args.published, against)
+    claims = their_claims(args.published, against)
+    theirs = their_rows(args.published, against, claims)
     print(
         f"## {args.task} version {version} ({len(ours)} rows) against the published {against} "
         f"({len(theirs)} experiments)"
@@ -233,7 +240,7 @@ def main() -> None:
 
     sigma = None
     if args.their_noise == "auto":
-        sigma, runs = their_noise(args.published, against, args.valid_per_test)
+        sigma, runs = their_noise(claims, args.valid_per_test)
         print(
             f"published score noise: std {sigma:.3f} (median over {runs} runs of their last three "
             f"validation figures' std, x sqrt({args.valid_per_test:g}))"
@@ -256,6 +263,7 @@ def main() -> None:
         print(f"families: only the {len(families)} with success records under {args.families_of}")
     for axis in axes:
         lower = axis == "drift"
+        ceiling = sigma if axis == "score" else None  # the noise estimate is of the published score
         per_family = [
             (
                 f,
@@ -272,7 +280,7 @@ def main() -> None:
             f"{axis}, per method family (best experiment by score on each side)",
             per_family,
             lower,
-            sigma if axis == "score" else None,
+            ceiling,
         )
         if calibrated := task.calibration_families:  # the design's own families, and the rest
             inside = [p for p in per_family if p[0] in calibrated]
@@ -280,14 +288,14 @@ def main() -> None:
                 f"{axis}, in sample: the families the design was chosen on",
                 inside,
                 lower,
-                sigma if axis == "score" else None,
+                ceiling,
             )
             outside = [p for p in per_family if p[0] not in calibrated]
             compare(
                 f"{axis}, out of sample: families added after the design was frozen",
                 outside,
                 lower,
-                sigma if axis == "score" else None,
+                ceiling,
             )
         shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
         per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]

@@ -56,10 +56,9 @@ def main() -> None:
     published = get_task(args.to).published_task
     if published is None:
         sys.exit(f"error: task {args.to!r} stands in for no published task")
-    default = get_task(args.to).training_defaults["optimizer_kwargs"]["lr"]
-    their_default = get_task(published).training_defaults["optimizer_kwargs"]["lr"]
-    track = get_task(args.to).training_defaults
-    steps, their_steps = track["max_steps"], get_task(published).training_defaults["max_steps"]
+    track, their_track = get_task(args.to).training_defaults, get_task(published).training_defaults
+    default, their_default = track["optimizer_kwargs"]["lr"], their_track["optimizer_kwargs"]["lr"]
+    steps, their_steps = track["max_steps"], their_track["max_steps"]
     overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
     wanted = set(args.methods.split(",")) if args.methods else None
     best = None
@@ -82,21 +81,23 @@ def main() -> None:
         doc = load_raw(path)
         training = doc.setdefault("training", {})
         training.update(overrides)
-        their_lr = ((load_raw(source).get("training") or {}).get("optimizer_kwargs") or {}).get("lr")
+        theirs = load_raw(source).get("training") or {}
+        their_lr = (theirs.get("optimizer_kwargs") or {}).get("lr")
         relative = (their_lr or their_default) / their_default
         training["optimizer_kwargs"]["lr"] = float(f"{default * relative**args.lr_power * args.lr_scale:.6g}")
-        their_max = (load_raw(source).get("training") or {}).get("max_steps")
-        if args.relative_steps and their_max and their_max != their_steps:
+        their_max = theirs.get("max_steps")
+        scaled = args.relative_steps and their_max and their_max != their_steps
+        if scaled:
             training["max_steps"] = max(1, round(steps * their_max / their_steps))
             if training.get("eval_steps", track["eval_steps"]) > training["max_steps"]:
                 training["eval_steps"] = training["max_steps"]
-        if overrides or args.lr_scale != 1.0 or args.lr_power != 1.0 or "max_steps" in training:
+        if overrides or args.lr_scale != 1.0 or args.lr_power != 1.0 or scaled:
             doc["description"] += (
                 f" Design candidate: {json.dumps(overrides)}, lr x {args.lr_scale:g}, "
                 f"lr = {default:g} x (theirs / {their_default:g})^{args.lr_power:g}"
                 + (
                     f", {training['max_steps']} steps ({their_max} of their {their_steps})."
-                    if args.relative_steps and "max_steps" in training
+                    if scaled
                     else "."
                 )
             )

@@ -51,26 +51,42 @@ class InitBehaviour:
 
 _PROMPT = "prompt learning: trained virtual tokens are attended to from the first step"
 _ROTATION = "an orthogonal product that equals I only up to float rounding"
-# PEFT type -> its behaviour, or (config field, the value that makes it an exact identity, the
-# behaviour otherwise[, the behaviour at that value where it is not exact]).
-# Types not listed are exact identities: a zero factor makes the update exactly zero.
-INIT_BEHAVIOUR: dict[str, InitBehaviour | tuple[Any, ...]] = {
+
+
+@dataclass(frozen=True)
+class ByField:
+    """A behaviour that depends on one config field: `at_value` where the field equals `value`
+    (by default an exact identity), `otherwise` elsewhere."""
+
+    field: str
+    value: Any
+    otherwise: InitBehaviour
+    at_value: InitBehaviour | None = None
+
+
+# PEFT type -> its behaviour. Types not listed are exact identities: a zero factor makes the update
+# exactly zero.
+INIT_BEHAVIOUR: dict[str, InitBehaviour | ByField] = {
     "PREFIX_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
     "PROMPT_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
     "P_TUNING": InitBehaviour(BY_DESIGN, _PROMPT),
     "CARTRIDGE": InitBehaviour(BY_DESIGN, _PROMPT + " (a trainable KV cache)"),
     "VBLORA": InitBehaviour(BY_DESIGN, "A and B are both mixed from a random vector bank; no factor is zero"),
     "UNILORA": InitBehaviour(BY_DESIGN, "its shared vector is drawn uniformly at random; no factor is zero"),
-    "FOURIERFT": ("init_weights", True, InitBehaviour(BY_DESIGN, "spectrum drawn from N(0,1), the default")),
-    "C3A": ("init_weights", True, InitBehaviour(BY_DESIGN, "kernels xavier-initialised, the default")),
+    "FOURIERFT": ByField(
+        "init_weights", True, InitBehaviour(BY_DESIGN, "spectrum drawn from N(0,1), the default")
+    ),
+    "C3A": ByField("init_weights", True, InitBehaviour(BY_DESIGN, "kernels xavier-initialised, the default")),
     "HRA": InitBehaviour(APPROXIMATE, "paired Householder reflections: " + _ROTATION),
     "OSF": InitBehaviour(APPROXIMATE, "trainable SVD factors of the base weight, recomposed in float32"),
     "FROD": InitBehaviour(APPROXIMATE, "a decomposition of the base weights, recomposed in float32"),
-    "DEFT": (
+    "DEFT": ByField(
         "para",
         False,
-        InitBehaviour(BY_DESIGN, "para=True (PaRa): pure subspace removal, no injection to cancel it"),
-        InitBehaviour(APPROXIMATE, "an injected projection that cancels only up to float rounding"),
+        otherwise=InitBehaviour(
+            BY_DESIGN, "para=True (PaRa): pure subspace removal, no injection to cancel it"
+        ),
+        at_value=InitBehaviour(APPROXIMATE, "an injected projection that cancels only up to float rounding"),
     ),
 }
 
@@ -92,14 +108,11 @@ def init_behaviour(config: PeftConfig) -> InitBehaviour:
         return InitBehaviour(EXACT, "a zero factor makes the initial update exactly zero")
     if isinstance(entry, InitBehaviour):
         return entry
-    field, identity_value, otherwise, *at_value = entry
-    if getattr(config, field, None) == identity_value:
-        return (
-            at_value[0]
-            if at_value
-            else InitBehaviour(EXACT, f"{field}={identity_value!r} zero-initialises the update")
-        )
-    return otherwise
+    if getattr(config, entry.field, None) != entry.value:
+        return entry.otherwise
+    return entry.at_value or InitBehaviour(
+        EXACT, f"{entry.field}={entry.value!r} zero-initialises the update"
+    )
 
 
 @dataclass(frozen=True)
