@@ -204,8 +204,11 @@ def throwaway_key(name: str = "tester") -> Path:
 
     copy_path = Path(tempfile.gettempdir()) / f"peftrepro-test-key-{name}-{os.getuid()}"
     if not copy_path.exists() or copy_path.read_bytes() != (KEYS / name).read_bytes():
-        shutil.copyfile(KEYS / name, copy_path)
-    copy_path.chmod(0o600)
+        # Written aside and renamed: two test workers may make it at once; neither sees it half-written.
+        part = copy_path.with_name(f"{copy_path.name}.{os.getpid()}")
+        shutil.copyfile(KEYS / name, part)
+        part.chmod(0o600)
+        os.replace(part, copy_path)
     return copy_path
 
 

@@ -174,6 +174,19 @@ def test_adalora_pruned_at_save_round_trips_within_float_rounding(prepared: Prep
 
     model = pruned_adalora(prepared)
     result = checks.check_round_trip(model, prepared.probe, lambda: copy.deepcopy(prepared.model))
+    # Whether the shorter sum rounds differently depends on the CPU's kernels (it does with AVX2,
+    # not with AVX512): either way the check must not fail.
+    assert result.status in (checks.PASSED, checks.APPROXIMATE), result.detail
+
+    def nudged_base() -> torch.nn.Module:
+        """A base a few float steps off in one projection: a rounding-sized difference on any CPU."""
+        base = copy.deepcopy(prepared.model)
+        weight = next(p for n, p in base.named_parameters() if n.endswith("q_proj.weight"))
+        with torch.no_grad():
+            weight.mul_(1 + 2**-20)
+        return base
+
+    result = checks.check_round_trip(model, prepared.probe, nudged_base)
     assert result.status == checks.APPROXIMATE, result.detail
     assert 0 < result.max_abs_diff <= checks.APPROXIMATE_TOLERANCE * 100
     assert "pruned ones are exactly zero" in result.detail

@@ -1,8 +1,5 @@
-"""The docker runner: error paths against a fake engine; one real run in a real engine.
-
-The real-engine test needs PEFTREPRO_TEST_DOCKER_HOST (scripts/test starts an engine and a local
-registry and sets it); without it the test is skipped, unless PEFTREPRO_REQUIRE_DOCKER=1 (CI).
-"""
+"""The docker runner's error paths, against a fake engine. The real run in a real engine is in
+test_e2e.py: it compares with the real task's session run, which that file's worker holds."""
 
 from __future__ import annotations
 
@@ -11,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +15,6 @@ from click.testing import CliRunner
 
 from peftrepro.cli import main
 from peftrepro.records import list_records, read_record
-from tests.conftest import real_lora_folder
 from tests.fake_engine import serve
 
 REPO = Path(__file__).parent.parent
@@ -133,43 +128,3 @@ def test_interrupted_container_run_is_stopped_removed_and_cancelled(
     assert job["Entrypoint"] == ["python", "-m", "peftrepro.runners.entry"]
     assert job["Cmd"] == ["/submissions/arithmetic/lora/tiny/manifest.json", "--seed", "0", "--out", "/out"]
     assert job["HostConfig"]["NetworkMode"] == "none"
-
-
-# ---- a real engine ----------------------------------------------------------------------------
-
-REAL_HOST = os.environ.get("PEFTREPRO_TEST_DOCKER_HOST")
-
-
-@pytest.fixture(scope="session")
-def test_image(tmp_path_factory: pytest.TempPathFactory) -> str:
-    if not REAL_HOST:
-        if os.environ.get("PEFTREPRO_REQUIRE_DOCKER") == "1":
-            pytest.fail(
-                "PEFTREPRO_REQUIRE_DOCKER=1 but no PEFTREPRO_TEST_DOCKER_HOST: the engine did not start"
-            )
-        pytest.skip("no test engine (scripts/test starts one)")
-    from tests.docker_image import build_all, wait_for_background_build
-
-    built = wait_for_background_build()  # scripts/test builds it while the rest of the suite runs
-    return built or build_all(tmp_path_factory.mktemp("image-work"), REAL_HOST)
-
-
-def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_path, monkeypatch) -> None:
-    """The same manifest run in the container (on the session's warm cache, mounted) gives what
-    the session's local run gave, and records where it ran: image digest, engine, no network."""
-    monkeypatch.setenv("DOCKER_HOST", REAL_HOST or "")
-    folder = real_lora_folder(tmp_path)
-    t0 = time.perf_counter()
-    code, out = cli("run", str(folder), "--runner", "docker", "--image", test_image)
-    assert code == 0, out
-    print(f"\ncontainer run on a warm cache: {time.perf_counter() - t0:.1f} s")
-    [record] = (read_record(p).to_json() for p in list_records(folder))
-    local = real_task.record.to_json()
-    assert local["environment"]["runner"] == "local"
-    env = record["environment"]
-    assert env["runner"] == "docker" and env["container"]["repo_digest"] == test_image
-    assert env["container"]["image_id"].startswith("sha256:") and env["engine"]["version"]
-    assert env["os"]["network_interfaces"] == ["lo"]  # computed inside: the run had no network
-    assert env["environment_sha256"] != local["environment"]["environment_sha256"]
-    for key in ("test_accuracy", "forgetting", "train_loss_final", "valid_curve", "adapter_sha256"):
-        assert record["metrics"][key] == local["metrics"][key], key

@@ -3,12 +3,19 @@
 Slow (the model is dequantized, ~20 s, and the base model measured, ~30 s, once per session: see
 `real_run` in conftest); it still runs in the default suite because it proves the real path works.
 A doctored claim is caught by the tiny-model tests of test_verify; here the real path must reproduce.
+Every test of the real task is in this file: scripts/test gives each file to one worker
+(`--dist loadfile`), so the session's real run is made once.
+
+The real-engine test needs PEFTREPRO_TEST_DOCKER_HOST (scripts/test starts an engine and a local
+registry and sets it); without it the test is skipped, unless PEFTREPRO_REQUIRE_DOCKER=1 (CI).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +23,9 @@ from click.testing import CliRunner
 
 from peftrepro import schemas
 from peftrepro.cli import main
-from peftrepro.records import RunRecord, read_record
+from peftrepro.records import RunRecord, list_records, read_record
 from peftrepro.tasks.arithmetic import GGUF_SHA256, WEIGHTS_SHA256
-from tests.conftest import RealRun
+from tests.conftest import RealRun, real_lora_folder
 
 REPO = Path(__file__).parent.parent
 pytestmark = pytest.mark.e2e
@@ -103,3 +110,43 @@ def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun,
     print(f"verifying {folder.relative_to(REPO)} seed {seed}")
     result = CliRunner().invoke(main, ["verify", str(copy), "--seed", str(seed)])
     assert result.exit_code == 0 and "verdict: REPRODUCED" in result.output, result.output
+
+
+# ---- a real engine ----------------------------------------------------------------------------
+
+REAL_HOST = os.environ.get("PEFTREPRO_TEST_DOCKER_HOST")
+
+
+@pytest.fixture(scope="session")
+def test_image(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if not REAL_HOST:
+        if os.environ.get("PEFTREPRO_REQUIRE_DOCKER") == "1":
+            pytest.fail(
+                "PEFTREPRO_REQUIRE_DOCKER=1 but no PEFTREPRO_TEST_DOCKER_HOST: the engine did not start"
+            )
+        pytest.skip("no test engine (scripts/test starts one)")
+    from tests.docker_image import build_all, wait_for_background_build
+
+    built = wait_for_background_build()  # scripts/test builds it while the rest of the suite runs
+    return built or build_all(tmp_path_factory.mktemp("image-work"), REAL_HOST)
+
+
+def test_real_container_run_matches_a_local_run(test_image: str, real_task, tmp_path, monkeypatch) -> None:
+    """The same manifest run in the container (on the session's warm cache, mounted) gives what
+    the session's local run gave, and records where it ran: image digest, engine, no network."""
+    monkeypatch.setenv("DOCKER_HOST", REAL_HOST or "")
+    folder = real_lora_folder(tmp_path)
+    t0 = time.perf_counter()
+    result = CliRunner().invoke(main, ["run", str(folder), "--runner", "docker", "--image", test_image])
+    assert result.exit_code == 0, result.output
+    print(f"\ncontainer run on a warm cache: {time.perf_counter() - t0:.1f} s")
+    [record] = (read_record(p).to_json() for p in list_records(folder))
+    local = real_task.record.to_json()
+    assert local["environment"]["runner"] == "local"
+    env = record["environment"]
+    assert env["runner"] == "docker" and env["container"]["repo_digest"] == test_image
+    assert env["container"]["image_id"].startswith("sha256:") and env["engine"]["version"]
+    assert env["os"]["network_interfaces"] == ["lo"]  # computed inside: the run had no network
+    assert env["environment_sha256"] != local["environment"]["environment_sha256"]
+    for key in ("test_accuracy", "forgetting", "train_loss_final", "valid_curve", "adapter_sha256"):
+        assert record["metrics"][key] == local["metrics"][key], key
