@@ -364,7 +364,28 @@ def _usable(sub: Submission, path: Path, data: dict[str, Any], sha: str) -> Stor
     if missing:
         sub.ignored.append((path, f"/metrics: a {sub.key[0]} record needs {', '.join(missing)}"))
         return None
+    other = _other_models(record.record, sub.key[0])
+    if other:
+        sub.ignored.append((path, other))
+        return None
     return record if _bound(sub, record) else None
+
+
+def _other_models(record: RunRecord, task_name: str) -> str | None:
+    """Why a record made with other base models than the task's pinned ones is no claim: a recipe
+    built on another CPU gives other weights, so its numbers measure another model."""
+    pins = get_task(task_name).model_pins() if task_name in task_names() else None
+    model = record.environment.get("artifacts", {}).get("model")
+    if not pins or not isinstance(model, dict) or "weights_sha256" not in model:
+        return None  # a run stopped before its models were loaded names none
+    for key, pinned in pins.items():
+        if model.get(key) != pinned:
+            return (
+                f"/environment/artifacts/model/{key}: {safe_text(str(model.get(key)))[:12]}, not the "
+                f"task's pinned {pinned[:12]}: made with models built elsewhere (another CPU builds "
+                "the recipe to other bytes), so it measures another model"
+            )
+    return None
 
 
 def _missing_task_metrics(record: RunRecord, task_name: str) -> list[str]:

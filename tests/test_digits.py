@@ -153,10 +153,44 @@ def test_a_text_task_type_is_refused_for_the_unet(digits_task, write_manifest) -
     assert result.exit_code == 2 and "omit task_type" in result.output
 
 
-def test_a_digits_record_without_its_own_metrics_is_ignored(digits_task, write_manifest) -> None:
+_RECORD: dict[str, tuple[str, bytes]] = {}
+
+
+def a_digits_record(write_manifest) -> Path:
+    """The tiny LoRA's record: one real run per module, its bytes copied for each later test (the
+    tests that read records doctor a copy; none needs a run of its own)."""
     path = digits_manifest(write_manifest)
-    assert CliRunner().invoke(main, ["run", str(path)]).exit_code == 0
-    [record_file] = list_records(path.parent)
+    if "lora" not in _RECORD:
+        assert CliRunner().invoke(main, ["run", str(path)]).exit_code == 0
+        [made] = list_records(path.parent)
+        _RECORD["lora"] = (made.name, made.read_bytes())
+    name, data = _RECORD["lora"]
+    (path.parent / "runs").mkdir(exist_ok=True)
+    (path.parent / "runs" / name).write_bytes(data)
+    return path.parent / "runs" / name
+
+
+def test_a_record_made_with_other_models_than_the_pinned_ones_is_ignored(
+    digits_task, write_manifest, monkeypatch
+) -> None:
+    from peftrepro.collect import load_submission
+
+    record_file = a_digits_record(write_manifest)
+    model = json.loads(record_file.read_text())["environment"]["artifacts"]["model"]
+    pins = {"weights_sha256": model["weights_sha256"], "evaluator_sha256": model["evaluator_sha256"]}
+    monkeypatch.setattr(digits.DigitsTask, "model_pins", lambda self: pins)
+    assert load_submission(record_file.parents[1]).claims  # built to the pinned bytes: a claim
+    other = {**pins, "weights_sha256": "0" * 64}  # as when another CPU builds the recipe
+    monkeypatch.setattr(digits.DigitsTask, "model_pins", lambda self: other)
+    sub = load_submission(record_file.parents[1])
+    assert not sub.claims
+    [(_, why)] = sub.ignored
+    assert why.startswith("/environment/artifacts/model/weights_sha256: ") and "pinned 000000000000" in why
+
+
+def test_a_digits_record_without_its_own_metrics_is_ignored(digits_task, write_manifest) -> None:
+    record_file = a_digits_record(write_manifest)
+    path = record_file.parents[1] / "manifest.json"
     record = json.loads(record_file.read_text())
     m = record["metrics"]
     for key in (

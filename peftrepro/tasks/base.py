@@ -110,6 +110,13 @@ class Task(ABC):
         is not cheap (GPU tracks): `validate` attaches manifests to it. None: load the real model."""
         return None
 
+    def model_pins(self) -> dict[str, str] | None:
+        """Where a task builds its models by a recipe that is pinned by hash but may build other
+        bytes on another CPU: the pinned values of the record's `environment.artifacts.model`. A
+        record made with other models measures other models, and the page ignores it. None: the
+        task refuses other bytes at load (a downloaded file), or it is a local stand-in."""
+        return None
+
     def fetch(self) -> None:
         """Download or build the pinned assets into the cache (the one step allowed the network).
         The default loads everything once, which leaves the cache warm."""

@@ -430,6 +430,11 @@ class DigitsTask(Task):
     def fetch(self) -> None:
         self.materialize(log=lambda m: print(m, flush=True))
 
+    def model_pins(self) -> dict[str, str] | None:
+        if self._folder is not None:
+            return None
+        return {"weights_sha256": BASE_WEIGHTS_SHA256, "evaluator_sha256": EVALUATOR_SHA256}
+
     def materialize(self, log: Any = None) -> dict[str, Any]:
         folder = self.folder()
         return materialize_models(

@@ -277,6 +277,11 @@ class FluxDigitsTask(Task):
     def fetch(self) -> None:
         self.materialize(log=lambda m: print(m, flush=True))
 
+    def model_pins(self) -> dict[str, str] | None:
+        if self._folder is not None or self._recipe is not BASE_RECIPE:
+            return None
+        return {"weights_sha256": BASE_WEIGHTS_SHA256, "evaluator_sha256": EVALUATOR_SHA256}
+
     def materialize(self, log: Any = None) -> dict[str, Any]:
         folder = self.folder()
         own = self._folder is None and self._recipe is BASE_RECIPE  # a candidate's recipe is never pinned
