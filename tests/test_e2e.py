@@ -86,23 +86,38 @@ def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun,
     # A bit-exact track reproduces only in its claim's environment (torch's CPU kernels differ
     # between AVX2 and AVX512: the re-run is `not_comparable`, as verify says): draw among the
     # claims made in the environment this machine gives (the fixture's run was made here).
-    here = real_task.record.environment["environment_sha256"]
-    claims = []
+    from peftrepro.environment import EXACT_FIELDS
+
+    mine = real_task.record.environment
+    here = mine["environment_sha256"]
+    claims, others = [], []
     for folder in sorted((REPO / "submissions" / "arithmetic").glob("*/*")):
         if not (folder / "manifest.json").exists():
             continue
-        found = {
-            s: c
-            for s, c in load_submission(folder).claims.items()
-            if c.record.environment.get("environment_sha256") == here
-        }
+        found = {}
+        for s, c in load_submission(folder).claims.items():
+            env = c.record.environment
+            if env.get("environment_sha256") == here:
+                found[s] = c
+            elif env.get("cpu_capability") == mine.get("cpu_capability"):
+                others.append(env)
         if found and min(seconds(c.record) for c in found.values()) <= CI_CLAIM_SECONDS:
             claims += [(folder, seed) for seed in sorted(found)]
     if not claims:
-        capability = real_task.record.environment.get("cpu_capability")
+        # Say which fingerprint fields differ from a claim made on this kind of CPU: a skip that
+        # hides a changed environment (a leaked variable, an extra package) must be visible.
+        def fields(env: dict) -> list[str]:
+            return [k for k in EXACT_FIELDS if env.get(k) != mine.get(k)]
+
+        nearest = min(others, key=lambda env: len(fields(env)), default={})
+        differ = fields(nearest) if nearest else []
+        if "distributions_sha256" in differ:
+            ours, theirs = set(mine.get("distributions", [])), set(nearest.get("distributions", []))
+            differ.append(f"(here only: {sorted(ours - theirs)}; there only: {sorted(theirs - ours)})")
         pytest.skip(
             f"no committed arithmetic claim that ran in {CI_CLAIM_SECONDS} s or less was made in this "
-            f"machine's environment ({here[:12]}, CPU capability {capability}): none can reproduce here"
+            f"machine's environment ({here[:12]}, CPU capability {mine.get('cpu_capability')}): none "
+            f"can reproduce here; fields that differ from a claim on this CPU: {differ or 'no such claim'}"
         )
     folder, seed = random.Random().choice(claims)
     copy = tmp_path / "submissions" / "arithmetic" / folder.parent.name / folder.name
