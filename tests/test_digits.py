@@ -18,6 +18,7 @@ from peftrepro.metrics import METRICS_BY_KEY
 from peftrepro.records import list_records, read_record
 from peftrepro.tasks import digits
 from tests.test_run import TASK_ONLY, TEXT_ONLY
+from tests.test_verify import run_seeds
 from tests.tiny import TINY_DIGITS_BASE, TINY_DIGITS_EVALUATOR, build_tiny_digits, register_tiny_digits
 
 LORA_DIGITS = {
@@ -153,21 +154,11 @@ def test_a_text_task_type_is_refused_for_the_unet(digits_task, write_manifest) -
     assert result.exit_code == 2 and "omit task_type" in result.output
 
 
-_RECORD: dict[str, tuple[str, bytes]] = {}
-
-
 def a_digits_record(write_manifest) -> Path:
-    """The tiny LoRA's record: one real run per module, its bytes copied for each later test (the
+    """The tiny LoRA's record: one real run per session, its bytes copied for each later test (the
     tests that read records doctor a copy; none needs a run of its own)."""
-    path = digits_manifest(write_manifest)
-    if "lora" not in _RECORD:
-        assert CliRunner().invoke(main, ["run", str(path)]).exit_code == 0
-        [made] = list_records(path.parent)
-        _RECORD["lora"] = (made.name, made.read_bytes())
-    name, data = _RECORD["lora"]
-    (path.parent / "runs").mkdir(exist_ok=True)
-    (path.parent / "runs" / name).write_bytes(data)
-    return path.parent / "runs" / name
+    [record] = run_seeds(digits_manifest(write_manifest))
+    return record
 
 
 def test_a_record_made_with_other_models_than_the_pinned_ones_is_ignored(

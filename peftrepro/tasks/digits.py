@@ -436,13 +436,13 @@ class DigitsTask(Task):
         return {"weights_sha256": BASE_WEIGHTS_SHA256, "evaluator_sha256": EVALUATOR_SHA256}
 
     def materialize(self, log: Any = None) -> dict[str, Any]:
-        folder = self.folder()
+        folder, pins = self.folder(), self.model_pins()
         return materialize_models(
             self.name,
             self.base_model_id,
             folder,
             "unet",
-            None if self._folder is not None else (RECIPE_SHA256, BASE_WEIGHTS_SHA256, EVALUATOR_SHA256),
+            (RECIPE_SHA256, pins["weights_sha256"], pins["evaluator_sha256"]) if pins else None,
             recipe_sha256(),
             lambda: build(folder, log),
             log,

@@ -278,19 +278,18 @@ class FluxDigitsTask(Task):
         self.materialize(log=lambda m: print(m, flush=True))
 
     def model_pins(self) -> dict[str, str] | None:
-        if self._folder is not None or self._recipe is not BASE_RECIPE:
+        if self._folder is not None or self._recipe is not BASE_RECIPE:  # a candidate recipe: never pinned
             return None
         return {"weights_sha256": BASE_WEIGHTS_SHA256, "evaluator_sha256": EVALUATOR_SHA256}
 
     def materialize(self, log: Any = None) -> dict[str, Any]:
-        folder = self.folder()
-        own = self._folder is None and self._recipe is BASE_RECIPE  # a candidate's recipe is never pinned
+        folder, pins = self.folder(), self.model_pins()
         return materialize_models(
             self.name,
             self.base_model_id,
             folder,
             "transformer",
-            (RECIPE_SHA256, BASE_WEIGHTS_SHA256, EVALUATOR_SHA256) if own else None,
+            (RECIPE_SHA256, pins["weights_sha256"], pins["evaluator_sha256"]) if pins else None,
             recipe_sha256(self._recipe),
             lambda: build(folder, log, base=self._recipe),
             log,
