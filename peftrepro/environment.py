@@ -11,7 +11,9 @@ import importlib.metadata
 import json
 import os
 import platform
+import site
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,23 @@ EXACT_FIELDS = (
 )
 
 
+def _installation_paths() -> list[str]:
+    """sys.path without the folders a package keeps inside site-packages and puts on the path when
+    imported (Ray's vendored `ray/thirdparty_files`, colorama and psutil): those are copies private
+    to that package, not installed distributions. Without this, a process that had imported Ray
+    (a Ray driver or worker, and every job forked after it) fingerprinted an extra colorama."""
+    sites = [Path(p).resolve() for p in [*site.getsitepackages(), site.getusersitepackages()]]
+    return [
+        entry
+        for entry in sys.path
+        if not any(site_dir in Path(entry or ".").resolve().parents for site_dir in sites)
+    ]
+
+
 def distributions() -> list[str]:
     """Every installed distribution as `name==version`, normalised and sorted."""
     seen = {}
-    for dist in importlib.metadata.distributions():
+    for dist in importlib.metadata.distributions(path=_installation_paths()):
         name = (dist.metadata["Name"] or "").lower().replace("_", "-")
         if name:
             seen[name] = f"{name}=={dist.version}"

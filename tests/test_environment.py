@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import git
@@ -39,3 +42,22 @@ def test_fingerprint_hash_covers_exact_fields_only() -> None:
     assert a["distributions"] == sorted(a["distributions"]) == distributions()
     assert a["accelerator"]["kind"] in ("cpu", "cuda")
     assert a["os"]["cpu_count"] >= 1
+
+
+def test_importing_ray_does_not_change_the_installed_distributions() -> None:
+    """Ray puts its vendored copies (colorama, psutil) on sys.path when imported; a Ray driver or
+    worker, and every job forked after it, then saw an extra colorama, and its records could not be
+    compared with a local run's. Checked in a fresh interpreter, whose path this test's does not share."""
+    probe = (
+        "import importlib.metadata as m, json\n"
+        "from peftrepro.environment import distributions\n"
+        "names = lambda: sorted({(d.metadata['Name'] or '').lower() for d in m.distributions()})\n"
+        "before, raw_before = distributions(), names()\n"
+        "import ray\n"
+        "print(json.dumps([before, distributions(), sorted(set(names()) - set(raw_before))]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    before, after, vendored = json.loads(out.stdout)
+    assert "colorama" in vendored  # the leak this guards against is there to be seen
+    assert after == before
+    assert not any(d.startswith("colorama==") for d in after)
