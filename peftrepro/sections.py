@@ -517,15 +517,25 @@ def best_per_family(
     return theirs, ours
 
 
-def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | None:
-    """One sentence for the overview: how well the track's ranking predicts the published one (out
-    of sample apart, where the track names its calibration families); None below 3 families."""
+def score_agreement(t: Task, rows: list[Row], published: list[Row]) -> float | None:
+    """Spearman between the track's best row per family and the published best, on the score; None
+    where the track reads no published task or shares fewer than 3 families with it."""
     if t.published_task is None:
         return None
     theirs, ours = best_per_family(t, [r for r in rows if r.status in AGREEMENT_STATUSES], published)
     shared = sorted(f for f in theirs if f in ours)
     if len(shared) < 3:
         return None
+    return stats.spearman([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
+
+
+def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | None:
+    """One sentence for the overview: how well the track's ranking predicts the published one (out
+    of sample apart, where the track names its calibration families); None below 3 families."""
+    if score_agreement(t, rows, published) is None:
+        return None
+    theirs, ours = best_per_family(t, [r for r in rows if r.status in AGREEMENT_STATUSES], published)
+    shared = sorted(f for f in theirs if f in ours)
 
     def figure(figures: dict[str, tuple[float, float]], families: list[str]) -> str:
         a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])

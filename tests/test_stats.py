@@ -278,3 +278,27 @@ def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tab
     # a leader on other seeds than the block's takes the general path, with the same result shape
     partial = {s: leader[s] for s in (0, 1)}
     assert block.versus(partial, set(rows))[4] == 2
+
+
+def test_the_overview_leads_with_the_track_whose_score_ranks_most_like_its_public_benchmark(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pathlib import Path
+
+    from peftrepro import pages
+
+    agreement = {"gsm-symbolic": 0.76, "flux-digits": 0.40}
+    monkeypatch.setattr(pages, "score_agreement", lambda t, rows, published: agreement[t.name])
+    monkeypatch.setattr(pages, "_overview_of_task", lambda name, rows, root_rel: [f"## {name}"])
+    names = ["arithmetic", "digits", "flux-digits", "gsm-symbolic", "metamathqa"]
+
+    def order() -> list[str]:
+        text = pages.overview({name: [] for name in names}, [], Path("."), "..")
+        return [line[3:] for line in text.splitlines() if line[3:] in names]
+
+    # Calibrated tracks first, the higher agreement first; then the rest by name.
+    assert order() == ["gsm-symbolic", "flux-digits", "arithmetic", "digits", "metamathqa"]
+    agreement["flux-digits"] = 0.9
+    assert order()[:2] == ["flux-digits", "gsm-symbolic"]
+    agreement["flux-digits"] = float("nan")  # no figure (a constant column): after the ones that have one
+    assert order()[:2] == ["gsm-symbolic", "flux-digits"]
