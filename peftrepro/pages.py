@@ -97,8 +97,9 @@ def overview(
         t = get_task(task_name)
         published = [r for r in rows_by_task.get(t.published_task or "", []) if r.sub.published]
         agreement = score_agreement(t, rows_by_task[task_name], published) if t.calibration_families else None
-        known = agreement is not None and not math.isnan(agreement)
-        return (not t.calibration_families, -(agreement if known else -1.0), task_name)
+        if agreement is None or math.isnan(agreement):
+            agreement = -1.0  # no figure: after the tracks that have one
+        return (not t.calibration_families, -agreement, task_name)
 
     order = sorted(rows_by_task, key=lead)
     for task_name in order:

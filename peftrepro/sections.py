@@ -517,25 +517,32 @@ def best_per_family(
     return theirs, ours
 
 
-def score_agreement(t: Task, rows: list[Row], published: list[Row]) -> float | None:
-    """Spearman between the track's best row per family and the published best, on the score; None
-    where the track reads no published task or shares fewer than 3 families with it."""
+def _shared_best(
+    t: Task, rows: list[Row], published: list[Row]
+) -> tuple[dict[str, tuple[float, Row, dict[str, Any]]], dict[str, Row], list[str]] | None:
+    """best_per_family over the rows that count, and the families both sides have; None where the
+    track reads no published task or shares fewer than 3 families with it."""
     if t.published_task is None:
         return None
     theirs, ours = best_per_family(t, [r for r in rows if r.status in AGREEMENT_STATUSES], published)
     shared = sorted(f for f in theirs if f in ours)
-    if len(shared) < 3:
+    return (theirs, ours, shared) if len(shared) >= 3 else None
+
+
+def score_agreement(t: Task, rows: list[Row], published: list[Row]) -> float | None:
+    """Spearman between the track's best row per family and the published best, on the score."""
+    if (best := _shared_best(t, rows, published)) is None:
         return None
+    theirs, ours, shared = best
     return stats.spearman([theirs[f][0] for f in shared], [ours[f].value(t.score_key) for f in shared])
 
 
 def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | None:
     """One sentence for the overview: how well the track's ranking predicts the published one (out
     of sample apart, where the track names its calibration families); None below 3 families."""
-    if score_agreement(t, rows, published) is None:
+    if (best := _shared_best(t, rows, published)) is None:
         return None
-    theirs, ours = best_per_family(t, [r for r in rows if r.status in AGREEMENT_STATUSES], published)
-    shared = sorted(f for f in theirs if f in ours)
+    theirs, ours, shared = best
 
     def figure(figures: dict[str, tuple[float, float]], families: list[str]) -> str:
         a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])

@@ -86,6 +86,7 @@ def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun,
     # A bit-exact track reproduces only in its claim's environment (torch's CPU kernels differ
     # between AVX2 and AVX512: the re-run is `not_comparable`, as verify says): draw among the
     # claims made in the environment this machine gives (the fixture's run was made here).
+    from peftrepro.compare import environment_diff
     from peftrepro.environment import EXACT_FIELDS
 
     mine = real_task.record.environment
@@ -106,14 +107,16 @@ def test_a_committed_corpus_claim_drawn_at_random_reproduces(real_task: RealRun,
     if not claims:
         # Say which fingerprint fields differ from a claim made on this kind of CPU: a skip that
         # hides a changed environment (a leaked variable, an extra package) must be visible.
-        def fields(env: dict) -> list[str]:
-            return [k for k in EXACT_FIELDS if env.get(k) != mine.get(k)]
+        exact = {*EXACT_FIELDS, "distributions"}
 
-        nearest = min(others, key=lambda env: len(fields(env)), default={})
-        differ = fields(nearest) if nearest else []
-        if "distributions_sha256" in differ:
-            ours, theirs = set(mine.get("distributions", [])), set(nearest.get("distributions", []))
-            differ.append(f"(here only: {sorted(ours - theirs)}; there only: {sorted(theirs - ours)})")
+        def fields(env: dict) -> list[str]:
+            return [
+                f"{d['field']}: {d['claimed']} there, {d['measured']} here"
+                for d in environment_diff(env, mine)
+                if d["field"].split(".")[0] in exact
+            ]
+
+        differ = min(map(fields, others), key=len, default=[])
         pytest.skip(
             f"no committed arithmetic claim that ran in {CI_CLAIM_SECONDS} s or less was made in this "
             f"machine's environment ({here[:12]}, CPU capability {mine.get('cpu_capability')}): none "
