@@ -300,6 +300,13 @@ def main() -> None:
         shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
         per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]
         compare(f"{axis}, per public experiment (the same method/name on both sides)", per_experiment, lower)
+        if calibrated:  # the design saw only its families' best public experiments; the rest came later
+            seen = {their_best[f][0] for f in calibrated if f in their_best}
+            compare(
+                f"{axis}, per public experiment, out of sample: every experiment but the design's own",
+                [p for p in per_experiment if p[0] not in seen],
+                lower,
+            )
     print(
         f"\nfamilies only published: {', '.join(sorted(set(their_best) - set(our_best))) or '-'}"
         f"\nfamilies only here: {', '.join(sorted(set(our_best) - set(their_best))) or '-'}"
