@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Verify, one at a time and signed, every submission under a tree whose newest successful record
-# of SEED was made on this machine's CPU kind and that has no verification yet; each verify is
-# stopped after LIMIT seconds (SIGINT). A record made on another CPU kind (AVX2 vs AVX512) would
-# only come back `not_comparable` after a full re-run, so it is left for a machine of its kind.
+# Verify, one at a time and signed, every submission under a tree whose claim of SEED (its newest
+# success of the current manifest) was made on this machine's CPU kind, and that no signed
+# verification vouches for yet; each verify is stopped after LIMIT seconds (SIGINT). A claim made
+# on another CPU kind (AVX2 vs AVX512) would only come back `not_comparable` after a full re-run,
+# so it is left for a machine of its kind.
 # Resumable like run_each.sh, and it waits while $RUN_EACH_HOLD (default /tmp/run_each.hold) exists.
 #     benchmarks/verify_each.sh submissions/gsm-symbolic 1 600 /work/maintainer-key/maintainer_ed25519
 set -uo pipefail
@@ -13,22 +14,23 @@ key=${4:?signing key}
 cd "$(dirname "$0")/.."
 [ -r "$key" ] || { echo "verify_each.sh: cannot read the signing key $key" >&2; exit 2; }
 folders=$(.venv/bin/python - "$tree" "$seed" <<'EOF'
-import json, sys
+import sys
 from pathlib import Path
 
 import torch
 
+from peftrepro.collect import load_submission
+from peftrepro.manifest import find_manifests
+
 tree, seed = Path(sys.argv[1]), int(sys.argv[2])
 here = torch.backends.cpu.get_cpu_capability()
-for manifest in sorted(tree.rglob("manifest.json")):
-    folder = manifest.parent
-    if any((folder / "verifications").glob("*.json")):
-        continue
-    records = sorted((folder / "runs").glob(f"*-s{seed}-*.json"))
-    succeeded = [json.loads(p.read_text()) for p in records]
-    succeeded = [r for r in succeeded if r.get("status") == "success"]
-    if succeeded and succeeded[-1]["environment"].get("cpu_capability") == here:
-        print(folder)
+for manifest in find_manifests([tree]):
+    sub = load_submission(manifest.parent)  # claims: the newest success per seed, current manifest
+    if any(v.signer for v in sub.verifications.values()):
+        continue  # a signed verification of one of its seeds already counts
+    claim = sub.claims.get(seed)
+    if claim is not None and claim.record.environment.get("cpu_capability") == here:
+        print(sub.folder)
 EOF
 )
 for folder in $folders; do
