@@ -447,6 +447,7 @@ def published_section(t: Task, ranked: list[Row], published: list[Row], root_rel
     )
     figures = {f: (theirs[f][0], ours[f].value(t.score_key)) for f in shared}
     lines += agreement_lines(figures, calibrated)
+    lines += experiment_agreement_lines(t, ranked, published, theirs)
     if t.prior_key is not None:  # the other axis (drift), of the same best experiment on each side
         lines += _prior_agreement(t, theirs, ours, shared, calibrated)
     missing = sorted(f for f in theirs if f not in ours)
@@ -562,6 +563,13 @@ def agreement_summary(t: Task, rows: list[Row], published: list[Row]) -> str | N
         text += (
             f"; out of sample (families added after the design was frozen) {figure(score, outside(score))}"
         )
+    experiments, outside_experiments = experiment_figures(
+        t, [r for r in rows if r.status in AGREEMENT_STATUSES], published, theirs
+    )
+    if len(outside_experiments) >= 3:
+        text += (
+            f"; per public experiment out of sample {figure(experiments, outside_experiments)} experiments"
+        )
     prior = {f: (-a, -b) for f, (a, b) in prior_figures(t, theirs, ours, shared).items()}
     if len(prior) >= 3 and t.prior_key is not None:
         text += f". On {METRICS_BY_KEY[t.prior_key].label}: {figure(prior, sorted(prior))} families"
@@ -594,16 +602,69 @@ def agreement_lines(
                     f"Spearman rank correlation{axis}{what}: {len(families)} families, too few to rank.",
                 ]
             continue
-        a = stats.rank_agreement([figures[f][0] for f in families], [figures[f][1] for f in families])
-        si, ki = a.spearman_interval, a.kendall_interval
-        lines += [
-            "",
-            f"Spearman rank correlation{axis}{what} over these {a.n} families: {a.spearman:.2f} "
-            f"(95% interval {si.low:.2f} to {si.high:.2f}, resampling the families); "
-            f"Kendall's tau {a.kendall:.2f} ({ki.low:.2f} to {ki.high:.2f}).",
-        ]
+        lines += ["", _agreement_sentence(f"{axis}{what}", figures, families, "families")]
     if lines:
         lines[-1] += " `benchmarks/agreement.py` prints both rankings."
+    return lines
+
+
+def _agreement_sentence(
+    what: str, figures: dict[str, tuple[float, float]], items: list[str], unit: str
+) -> str:
+    """Spearman and Kendall, with their bootstrap intervals, over items -> (published, ours)."""
+    a = stats.rank_agreement([figures[i][0] for i in items], [figures[i][1] for i in items])
+    si, ki = a.spearman_interval, a.kendall_interval
+    return (
+        f"Spearman rank correlation{what} over these {a.n} {unit}: {a.spearman:.2f} "
+        f"(95% interval {si.low:.2f} to {si.high:.2f}, resampling the {unit}); "
+        f"Kendall's tau {a.kendall:.2f} ({ki.low:.2f} to {ki.high:.2f})."
+    )
+
+
+def experiment_figures(
+    t: Task,
+    ranked: list[Row],
+    published: list[Row],
+    their_best: dict[str, tuple[float, Row, dict[str, Any]]],
+) -> tuple[dict[str, tuple[float, float]], list[str]]:
+    """Per public experiment, where the track runs the imported configs under their own names
+    (method/name on both sides): name -> (published score, our row's mean); and the names out of
+    sample where the track names its calibration families: every experiment but the design's own
+    (the best public experiment of each of those families), since the rest were run after the freeze."""
+    key = get_task(t.published_task or t.name).score_key
+    theirs: dict[str, float] = {}
+    for r in published:
+        for c in r.sub.published:
+            score = c.metrics.get(key)
+            if isinstance(score, int | float) and not isinstance(score, bool):
+                theirs[r.sub.name_in_task] = max(float(score), theirs.get(r.sub.name_in_task, -math.inf))
+    figures = {
+        r.sub.name_in_task: (theirs[r.sub.name_in_task], r.value(t.score_key))
+        for r in ranked
+        if r.sub.name_in_task in theirs and not math.isnan(r.value(t.score_key))
+    }
+    seen = {their_best[f][1].sub.name_in_task for f in t.calibration_families if f in their_best}
+    outside = sorted(e for e in figures if e not in seen) if t.calibration_families else []
+    return figures, outside
+
+
+def experiment_agreement_lines(
+    t: Task,
+    ranked: list[Row],
+    published: list[Row],
+    their_best: dict[str, tuple[float, Row, dict[str, Any]]],
+) -> list[str]:
+    """The page's per-experiment figures (experiment_figures), where there are at least 3 pairs."""
+    figures, outside = experiment_figures(t, ranked, published, their_best)
+    if len(figures) < 3:
+        return []
+    what = " per public experiment (the same method/name on both sides)"
+    lines = ["", _agreement_sentence(what, figures, sorted(figures), "experiments")]
+    if len(outside) >= 3:
+        what = (
+            " per public experiment, out of sample (all but the design's own: each in-sample family's best)"
+        )
+        lines += ["", _agreement_sentence(what, figures, outside, "experiments")]
     return lines
 
 

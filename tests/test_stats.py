@@ -258,6 +258,47 @@ def test_the_page_ranks_drift_of_the_same_best_experiments_lower_first() -> None
     }
 
 
+def test_the_page_ranks_each_public_experiment_and_leaves_the_designs_own_out_of_sample() -> None:
+    from types import SimpleNamespace
+
+    from peftrepro.sections import experiment_agreement_lines
+    from peftrepro.tasks import get_task
+
+    task = get_task("gsm-symbolic")
+    inside = sorted(task.calibration_families)[:2]  # two in-sample families, one experiment each
+    names = [f"{inside[0]}/best", f"{inside[1]}/best", "lily/a", "lily/b", "hira/a", "peanut/a"]
+
+    def row(name: str, published: float | None, ours: float) -> SimpleNamespace:
+        claims = (
+            []
+            if published is None
+            else [SimpleNamespace(metrics={get_task(task.published_task).score_key: published})]
+        )
+        sub = SimpleNamespace(name_in_task=name, published=claims)
+        return SimpleNamespace(sub=sub, value=lambda key: ours if key == task.score_key else float("nan"))
+
+    # Their ranking; ours agrees on the design's two experiments and reverses the four others.
+    theirs = [row(n, p, 0) for n, p in zip(names, (0.6, 0.5, 0.4, 0.3, 0.2, 0.1), strict=True)]
+    ours = [row(n, None, v) for n, v in zip(names, (0.9, 0.8, 0.1, 0.2, 0.3, 0.4), strict=True)]
+    best = {f: (0.6, theirs[i], {}) for i, f in enumerate(inside)}
+    text = "\n".join(experiment_agreement_lines(task, ours, theirs, best))  # type: ignore[arg-type]
+    assert "per public experiment (the same method/name on both sides) over these 6 experiments: 0.43" in text
+    assert "(all but the design's own: each in-sample family's best) over these 4 experiments: -1.00" in text
+    # A row here without the public experiment's name, or without a score, is not paired.
+    ours[2].sub.name_in_task = "lily/renamed"
+    ours[3].value = lambda key: float("nan")
+    assert "over these 4 experiments: 0.80" in "\n".join(experiment_agreement_lines(task, ours, theirs, best))  # type: ignore[arg-type]
+    # Fewer than three pairs: no line; a track without calibration families: one figure only.
+    assert experiment_agreement_lines(task, ours[:2], theirs, best) == []  # type: ignore[arg-type]
+    plain = SimpleNamespace(
+        published_task=task.published_task,
+        score_key=task.score_key,
+        name=task.name,
+        calibration_families=frozenset(),
+    )
+    assert len(experiment_agreement_lines(plain, ours, theirs, best)) == 2  # type: ignore[arg-type]
+
+
 def test_a_block_of_rows_on_all_its_seeds_gives_what_the_per_item_difference_tables_give() -> None:
     """paired_all/tiers compare a leader with a whole block through moments (seed means, centred
     item means): the same effects, standard errors and df as forming each row-minus-leader
