@@ -502,20 +502,33 @@ def best_per_family(
 ) -> tuple[dict[str, tuple[float, Row, dict[str, Any]]], dict[str, Row]]:
     """Per method family: the best published figure of the task `t` is read against (with its row
     and that claim's metrics), and our best row among `ranked` (by its mean)."""
-    pt = get_task(t.published_task or t.name)
     theirs: dict[str, tuple[float, Row, dict[str, Any]]] = {}
-    for r in published:
-        for c in r.sub.published:
-            score = c.metrics.get(pt.score_key)
-            family = r.sub.key[1]
-            if isinstance(score, int | float) and (family not in theirs or score > theirs[family][0]):
-                theirs[family] = (float(score), r, c.metrics)
+    for best in published_per_experiment(t, published).values():
+        family = best[1].sub.key[1]
+        if family not in theirs or best[0] > theirs[family][0]:
+            theirs[family] = best
     ours: dict[str, Row] = {}
     for r in ranked:
         family = r.sub.key[1]
         if family not in ours or r.value(t.score_key) > ours[family].value(t.score_key):
             ours[family] = r
     return theirs, ours
+
+
+def published_per_experiment(t: Task, published: list[Row]) -> dict[str, tuple[float, Row, dict[str, Any]]]:
+    """Per published experiment (method/name), in the order of `published`: the best figure of the
+    task `t` is read against, with its row and that claim's metrics."""
+    key = get_task(t.published_task or t.name).score_key
+    best: dict[str, tuple[float, Row, dict[str, Any]]] = {}
+    for r in published:
+        for c in r.sub.published:
+            score = c.metrics.get(key)
+            name = r.sub.name_in_task
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                continue
+            if name not in best or score > best[name][0]:
+                best[name] = (float(score), r, c.metrics)
+    return best
 
 
 def _shared_best(
@@ -631,15 +644,9 @@ def experiment_figures(
     (method/name on both sides): name -> (published score, our row's mean); and the names out of
     sample where the track names its calibration families: every experiment but the design's own
     (the best public experiment of each of those families), since the rest were run after the freeze."""
-    key = get_task(t.published_task or t.name).score_key
-    theirs: dict[str, float] = {}
-    for r in published:
-        for c in r.sub.published:
-            score = c.metrics.get(key)
-            if isinstance(score, int | float) and not isinstance(score, bool):
-                theirs[r.sub.name_in_task] = max(float(score), theirs.get(r.sub.name_in_task, -math.inf))
+    theirs = published_per_experiment(t, published)
     figures = {
-        r.sub.name_in_task: (theirs[r.sub.name_in_task], r.value(t.score_key))
+        r.sub.name_in_task: (theirs[r.sub.name_in_task][0], r.value(t.score_key))
         for r in ranked
         if r.sub.name_in_task in theirs and not math.isnan(r.value(t.score_key))
     }
