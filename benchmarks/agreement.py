@@ -12,7 +12,10 @@ Where the task names the families its design was chosen on (`calibration_familie
 per-family comparison is also given in sample and out of sample. For each: both rankings side by
 side, Spearman and Kendall with 95% bootstrap intervals over the compared items
 (stats.rank_agreement, the same numbers as the task page), the median seed std of
-the rows compared, and the largest rank differences.
+the rows compared, and the largest rank differences: plain, and beyond our ties (on the score: each
+compared row may take any place from 1 + the rows significantly better than it to n - the rows
+significantly worse, by paired tests on the per-item outcomes, stats.rank_ranges; a difference
+inside that range is a tie on our side, no measured disagreement).
 
     .venv/bin/python benchmarks/agreement.py --task arithmetic --version 1
     .venv/bin/python benchmarks/agreement.py --task digits --axes score,drift
@@ -42,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import scipy.stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,6 +66,7 @@ class Ours:
     std: float  # sample std of the headline score over seeds (nan for one seed)
     seeds: int
     seconds: list[float]  # each seed's total_seconds (train and evaluation)
+    outcomes: dict[int, np.ndarray]  # seed -> per-item test outcomes ({} if any seed lacks them)
 
 
 def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[Ours]:
@@ -80,7 +85,13 @@ def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[
         }
         std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
         seconds = [float(m["total_seconds"]) for m in runs.values() if "total_seconds" in m]
-        rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores), seconds))
+        fields = {seed: m.get("test_outcomes") for seed, m in runs.items()}
+        outcomes = (
+            {seed: stats.decode(f) for seed, f in fields.items() if isinstance(f, dict)}
+            if all(isinstance(f, dict) for f in fields.values())
+            else {}
+        )
+        rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores), seconds, outcomes))
     return rows
 
 
@@ -161,8 +172,10 @@ def compare(
     pairs: list[tuple[str, str, float, str, float, float]],
     lower_is_better: bool,
     sigma: float | None = None,
+    outcomes: dict[str, dict[int, np.ndarray]] | None = None,
 ) -> None:
-    """pairs: (item, their key, their value, our key, our value, our seed std)."""
+    """pairs: (item, their key, their value, our key, our value, our seed std); outcomes (our key
+    -> seed -> per-item outcomes, higher is better): our rows' rank ranges and the gaps beyond them."""
     print(f"\n### {title}\n")
     if len(pairs) < 3:
         print(f"{len(pairs)} items on both sides: too few to rank.")
@@ -171,14 +184,23 @@ def compare(
     ours = [p[4] for p in pairs]
     rt, ro = ranks(theirs, lower_is_better), ranks(ours, lower_is_better)
     order = sorted(range(len(pairs)), key=lambda i: (rt[i], pairs[i][0]))
-    print("| item | published | rank | here (mean over seeds) | seed std | rank | rank difference |")
-    print("|---|---|---|---|---|---|---|")
+    ranged = {}
+    if outcomes is not None and not lower_is_better:
+        ranged = stats.rank_ranges({p[3]: outcomes[p[3]] for p in pairs if outcomes.get(p[3])})
+    span = [ranged.get(p[3]) for p in pairs]
+    beyond = stats.gaps_beyond_ties(rt, span)
+    print(
+        "| item | published | rank | here (mean over seeds) | seed std | rank | rank difference "
+        "| places here, ties allowed | beyond them |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for i in order:
         item, tk, tv, ok, ov, sd = pairs[i]
         spread = "–" if sd != sd else f"{sd:.3f}"  # nan: one seed
+        places = "–" if (at := span[i]) is None else f"{at[0]}–{at[1]}"
         print(
             f"| {item} | {tv:.3f} ({tk}) | {rt[i]:g} | {ov:.3f} ({ok}) | {spread} | {ro[i]:g} "
-            f"| {ro[i] - rt[i]:+g} |"
+            f"| {ro[i] - rt[i]:+g} | {places} | {beyond[i]:+g} |"
         )
     a = stats.rank_agreement(theirs, ours)
     stds = [p[5] for p in pairs if p[5] == p[5]]
@@ -194,6 +216,16 @@ def compare(
     )
     worst = sorted(range(len(pairs)), key=lambda i: (-abs(ro[i] - rt[i]), pairs[i][0]))[:5]
     print("largest rank differences: " + "; ".join(f"{pairs[i][0]} {ro[i] - rt[i]:+g}" for i in worst))
+    if ranged:
+        apart = sorted(
+            (i for i in range(len(pairs)) if beyond[i] and beyond[i] == beyond[i]),  # nonzero, not nan
+            key=lambda i: (-abs(beyond[i]), pairs[i][0]),
+        )
+        print(
+            f"beyond our ties (each row's places by paired tests on the per-item outcomes, over the "
+            f"{len(ranged)} with outcomes): {len(apart)} of {len(pairs)} items differ; the largest: "
+            + ("; ".join(f"{pairs[i][0]} {beyond[i]:+g}" for i in apart[:5]) or "none")
+        )
     if sigma is not None and sigma == sigma:
         median, low = noise_ceiling(theirs, sigma)
         print(
@@ -264,6 +296,7 @@ def main() -> None:
     for axis in axes:
         lower = axis == "drift"
         ceiling = sigma if axis == "score" else None  # the noise estimate is of the published score
+        outs = {k: r.outcomes for k, r in ours.items()} if axis == "score" else None  # drift: no tiers
         per_family = [
             (
                 f,
@@ -281,6 +314,7 @@ def main() -> None:
             per_family,
             lower,
             ceiling,
+            outs,
         )
         if calibrated := task.calibration_families:  # the design's own families, and the rest
             inside = [p for p in per_family if p[0] in calibrated]
@@ -289,6 +323,7 @@ def main() -> None:
                 inside,
                 lower,
                 ceiling,
+                outs,
             )
             outside = [p for p in per_family if p[0] not in calibrated]
             compare(
@@ -296,16 +331,23 @@ def main() -> None:
                 outside,
                 lower,
                 ceiling,
+                outs,
             )
         shared = sorted(k for k in set(ours) & set(theirs) if axis in theirs[k] and axis in ours[k].means)
         per_experiment = [(k, k, theirs[k][axis], k, ours[k].means[axis], ours[k].std) for k in shared]
-        compare(f"{axis}, per public experiment (the same method/name on both sides)", per_experiment, lower)
+        compare(
+            f"{axis}, per public experiment (the same method/name on both sides)",
+            per_experiment,
+            lower,
+            outcomes=outs,
+        )
         if calibrated:  # the design saw only its families' best public experiments; the rest came later
             seen = {their_best[f][0] for f in calibrated if f in their_best}
             compare(
                 f"{axis}, per public experiment, out of sample: every experiment but the design's own",
                 [p for p in per_experiment if p[0] not in seen],
                 lower,
+                outcomes=outs,
             )
     print(
         f"\nfamilies only published: {', '.join(sorted(set(their_best) - set(our_best))) or '-'}"

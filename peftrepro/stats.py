@@ -8,7 +8,9 @@ From records alone, then:
 - `paired`: a row against another on their common seeds and the same items: the mean difference,
   its 95% interval and a two-sided p-value (the interval excludes 0 exactly when p < 0.05);
 - `tiers`: from the top down, the rows not significantly worse than the best row left (Holm-
-  corrected over that tier's comparisons) share its tier.
+  corrected over that tier's comparisons) share its tier;
+- `rank_ranges`: the places a row may take once ties are allowed for (rows significantly better and
+  worse than it), against which `benchmarks/agreement.py` reads a public ranking.
 Both use a t-statistic whose standard error adds the seed and item variance terms (`_spread`). A
 two-level bootstrap (seeds x items) was tried first: with 5 seeds it understates the seed term
 (resampling 5 values has (S-1)/S of their variance, and percentiles ignore the t tails), and in
@@ -389,3 +391,37 @@ def tiers(rows: Mapping[str, Mapping[int, np.ndarray]]) -> dict[str, int]:
             found[k] = tier
         left = [k for k in rest if k not in members]
     return found
+
+
+def rank_ranges(rows: Mapping[str, Mapping[int, np.ndarray]]) -> dict[str, tuple[int, int]]:
+    """Each row's place among `rows` once ties are allowed for (1 is the best): from 1 + the rows
+    significantly better than it to n - the rows significantly worse (paired tests against every
+    other row, Holm-corrected over that row's comparisons; a pair that cannot be paired is a tie).
+    Tiers cannot say this: a row whose few seeds scatter ties with rows far above and below it and
+    would stretch its tier's span over everyone's."""
+    keys = sorted(rows)
+    found: dict[str, tuple[int, int]] = {}
+    for key in keys:
+        tested = paired_all({k: rows[k] for k in keys if k != key}, rows[key])
+        names = sorted(tested)
+        adjusted = dict(zip(names, holm([tested[k].p for k in names]), strict=True))
+        better = sum(1 for k in names if adjusted[k] < ALPHA and tested[k].effect > 0)
+        worse = sum(1 for k in names if adjusted[k] < ALPHA and tested[k].effect < 0)
+        found[key] = (1 + better, len(keys) - worse)
+    return found
+
+
+def gaps_beyond_ties(
+    their_ranks: Sequence[float], our_ranges: Sequence[tuple[int, int] | None]
+) -> list[float]:
+    """How far each item's rank on their side lies outside the range of places it may take on ours
+    (`rank_ranges`): 0 inside, else the distance to the nearer end, signed like a rank difference
+    (ours - theirs). An item with no range (None) gives nan."""
+    gaps = []
+    for theirs, span in zip(their_ranks, our_ranges, strict=True):
+        if span is None:
+            gaps.append(float("nan"))
+            continue
+        low, high = span
+        gaps.append(low - theirs if theirs < low else high - theirs if theirs > high else 0.0)
+    return gaps

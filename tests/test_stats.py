@@ -112,6 +112,28 @@ def test_tiers_group_ties_and_separate_real_gaps() -> None:
     assert tiers["a"] == tiers["b"] == 1 and tiers["c"] == 2 and tiers["d"] == 3
 
 
+def test_rank_ranges_allow_for_ties_without_a_scattered_row_stretching_everyones() -> None:
+    """Two equal rows share places 1-2; clear gaps below pin c and d; a row whose two seeds scatter
+    widely (e) may stand anywhere, yet does not widen the others' ranges as it widens a tier's."""
+    rng = np.random.default_rng(3)
+    easy = rng.uniform(-0.4, 0.6, 300)
+    rows = {
+        "a": _row(rng, easy, 0.30, 5, 0.01),
+        "b": _row(rng, easy, 0.30, 5, 0.01),
+        "c": _row(rng, easy, 0.0, 5, 0.01),
+        "d": _row(rng, easy, -0.3, 5, 0.01),
+    }
+    assert stats.rank_ranges(rows) == {"a": (1, 2), "b": (1, 2), "c": (3, 3), "d": (4, 4)}
+    rows["e"] = {0: np.full(300, 0.9), 1: np.full(300, -0.9)}  # two seeds far apart
+    ranges = stats.rank_ranges(rows)
+    assert ranges["e"] == (1, 5)
+    assert ranges["c"] == (3, 4) and ranges["d"] == (4, 5)  # e adds one place either way, no more
+    # their ranks against these ranges: inside is 0; outside, the distance to the nearer end
+    gaps = stats.gaps_beyond_ties([2, 1, 5, 1, 3], [ranges[k] for k in "abcde"])
+    assert gaps == [0.0, 0.0, -1.0, 3.0, 0.0]
+    assert stats.gaps_beyond_ties([1.5], [None])[0] != stats.gaps_beyond_ties([1.5], [None])[0]  # nan
+
+
 def test_pages_show_intervals_tiers_and_say_tie(tmp_path: Path) -> None:
     """Two rows one item apart on 300 items: one tier, "no significant difference" against the
     reference row; a row far below: its own tier, "worse"; a row without outcomes: no interval."""
