@@ -665,14 +665,39 @@ def experiment_agreement_lines(
     figures, outside = experiment_figures(t, ranked, published, their_best)
     if len(figures) < 3:
         return []
+    outcomes = {r.sub.name_in_task: r.outcomes for r in ranked if r.sub.name_in_task in figures}
     what = " per public experiment (the same method/name on both sides)"
     lines = ["", _agreement_sentence(what, figures, sorted(figures), "experiments")]
+    lines[-1] += _beyond_ties(figures, sorted(figures), outcomes)
     if len(outside) >= 3:
         what = (
             " per public experiment, out of sample (all but the design's own: each in-sample family's best)"
         )
         lines += ["", _agreement_sentence(what, figures, outside, "experiments")]
+        lines[-1] += _beyond_ties(figures, outside, outcomes)
     return lines
+
+
+def _beyond_ties(
+    figures: dict[str, tuple[float, float]], items: list[str], outcomes: dict[str, dict[int, Any]]
+) -> str:
+    """Which items' public rank lies outside the places our row may take once its ties are allowed
+    for (stats.rank_ranges); '' unless every item has per-item outcomes on MIN_SEEDS seeds."""
+    if any(len(outcomes.get(i) or {}) < MIN_SEEDS for i in items):
+        return ""
+    ranges = stats.rank_ranges({i: outcomes[i] for i in items})
+    their_ranks = stats.ranks_descending([figures[i][0] for i in items])
+    gaps = stats.gaps_beyond_ties(their_ranks, [ranges[i] for i in items])
+    apart = sorted(
+        ((g, i) for g, i in zip(gaps, items, strict=True) if g), key=lambda gi: (-abs(gi[0]), gi[1])
+    )
+    shown = ", ".join(f"{md(i)} {g:+g} (places {ranges[i][0]}–{ranges[i][1]})" for g, i in apart[:5])
+    return (
+        f" Once our ties are allowed for (each row may take any place from 1 + the rows significantly "
+        f"better than it to {len(items)} − the rows significantly worse, by paired tests on the per-item "
+        f"outcomes), {len(apart)} of the {len(items)} {'differs' if len(apart) == 1 else 'differ'} "
+        "from their public rank" + (f", the most: {shown}." if apart else ".")
+    )
 
 
 def _sweep_cell(points: list[dict], chosen: float | None, base_valid: float | None) -> str:

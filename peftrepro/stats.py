@@ -411,6 +411,11 @@ def rank_ranges(rows: Mapping[str, Mapping[int, np.ndarray]]) -> dict[str, tuple
     return found
 
 
+def ranks_descending(values: Sequence[float]) -> list[float]:
+    """Ranks with 1 for the highest value; ties share their average rank (scipy's)."""
+    return [float(r) for r in scipy.stats.rankdata([-v for v in values])]
+
+
 def gaps_beyond_ties(
     their_ranks: Sequence[float], our_ranges: Sequence[tuple[int, int] | None]
 ) -> list[float]:

@@ -290,6 +290,8 @@ def test_the_page_ranks_each_public_experiment_and_leaves_the_designs_own_out_of
     inside = sorted(task.calibration_families)[:2]  # two in-sample families, one experiment each
     names = [f"{inside[0]}/best", f"{inside[1]}/best", "lily/a", "lily/b", "hira/a", "peanut/a"]
 
+    rng = np.random.default_rng(0)
+
     def row(name: str, published: float | None, ours: float) -> SimpleNamespace:
         claims = (
             []
@@ -297,7 +299,12 @@ def test_the_page_ranks_each_public_experiment_and_leaves_the_designs_own_out_of
             else [SimpleNamespace(metrics={get_task(task.published_task).score_key: published})]
         )
         sub = SimpleNamespace(name_in_task=name, published=claims)
-        return SimpleNamespace(sub=sub, value=lambda key: ours if key == task.score_key else float("nan"))
+        items = rng.normal(ours, 0.05, 300)  # per-item outcomes: rows 0.1 apart differ significantly
+        return SimpleNamespace(
+            sub=sub,
+            value=lambda key: ours if key == task.score_key else float("nan"),
+            outcomes={0: items, 1: items},
+        )
 
     # Their ranking; ours agrees on the design's two experiments and reverses the four others.
     theirs = [row(n, p, 0) for n, p in zip(names, (0.6, 0.5, 0.4, 0.3, 0.2, 0.1), strict=True)]
@@ -306,6 +313,16 @@ def test_the_page_ranks_each_public_experiment_and_leaves_the_designs_own_out_of
     text = "\n".join(experiment_agreement_lines(task, ours, theirs, best))  # type: ignore[arg-type]
     assert "per public experiment (the same method/name on both sides) over these 6 experiments: 0.43" in text
     assert "(all but the design's own: each in-sample family's best) over these 4 experiments: -1.00" in text
+    # Every pair is a measured difference here, so each place is exact: the four reversed differ.
+    assert "4 of the 6 differ from their public rank, the most: lily/a +3 (places 6–6), peanut/a -3" in text
+    assert "4 of the 4 differ" in text
+    # Two rows alike (lily/a and lily/b) tie: each may take place 5 or 6, so lily/b (4th there) is
+    # one place off and lily/a (3rd there) two. A row with one seed: no such sentence.
+    ours[3].outcomes = ours[2].outcomes
+    text = "\n".join(experiment_agreement_lines(task, ours, theirs, best))  # type: ignore[arg-type]
+    assert "lily/a +2 (places 5–6)" in text and "lily/b +1 (places 5–6)" in text
+    ours[5].outcomes = {0: ours[5].outcomes[0]}
+    assert "ties are allowed" not in "\n".join(experiment_agreement_lines(task, ours, theirs, best))  # type: ignore[arg-type]
     # A row here without the public experiment's name, or without a score, is not paired.
     ours[2].sub.name_in_task = "lily/renamed"
     ours[3].value = lambda key: float("nan")
