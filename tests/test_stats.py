@@ -99,15 +99,17 @@ def test_holm_matches_hand_worked_values() -> None:
     assert stats.holm([0.5]) == [0.5] and stats.holm([]) == []
 
 
-def test_tiers_group_ties_and_separate_real_gaps() -> None:
+def _graded_rows() -> dict[str, dict]:
+    """Four methods on 5 seeds: a and b equal, c 0.3 below them and d 0.3 below c."""
     rng = np.random.default_rng(3)
     easy = rng.uniform(-0.4, 0.6, 300)
-    rows = {
-        "a": _row(rng, easy, 0.30, 5, 0.01),
-        "b": _row(rng, easy, 0.30, 5, 0.01),
-        "c": _row(rng, easy, 0.0, 5, 0.01),
-        "d": _row(rng, easy, -0.3, 5, 0.01),
+    return {
+        k: _row(rng, easy, skill, 5, 0.01) for k, skill in zip("abcd", (0.3, 0.3, 0.0, -0.3), strict=True)
     }
+
+
+def test_tiers_group_ties_and_separate_real_gaps() -> None:
+    rows = _graded_rows()
     tiers = stats.tiers(rows)
     assert tiers["a"] == tiers["b"] == 1 and tiers["c"] == 2 and tiers["d"] == 3
 
@@ -115,14 +117,7 @@ def test_tiers_group_ties_and_separate_real_gaps() -> None:
 def test_rank_ranges_allow_for_ties_without_a_scattered_row_stretching_everyones() -> None:
     """Two equal rows share places 1-2; clear gaps below pin c and d; a row whose two seeds scatter
     widely (e) may stand anywhere, yet does not widen the others' ranges as it widens a tier's."""
-    rng = np.random.default_rng(3)
-    easy = rng.uniform(-0.4, 0.6, 300)
-    rows = {
-        "a": _row(rng, easy, 0.30, 5, 0.01),
-        "b": _row(rng, easy, 0.30, 5, 0.01),
-        "c": _row(rng, easy, 0.0, 5, 0.01),
-        "d": _row(rng, easy, -0.3, 5, 0.01),
-    }
+    rows = _graded_rows()
     assert stats.rank_ranges(rows) == {"a": (1, 2), "b": (1, 2), "c": (3, 3), "d": (4, 4)}
     rows["e"] = {0: np.full(300, 0.9), 1: np.full(300, -0.9)}  # two seeds far apart
     ranges = stats.rank_ranges(rows)
