@@ -375,7 +375,8 @@ def _other_models(record: RunRecord, task_name: str) -> str | None:
     """Why a record made with other base models than the task's pinned ones is no claim: a recipe
     built on another CPU gives other weights, so its numbers measure another model."""
     pins = get_task(task_name).model_pins() if task_name in task_names() else None
-    model = record.environment.get("artifacts", {}).get("model")
+    artifacts = record.environment.get("artifacts")  # a hostile record may hold anything here
+    model = artifacts.get("model") if isinstance(artifacts, dict) else None
     if not pins or not isinstance(model, dict) or "weights_sha256" not in model:
         return None  # a run stopped before its models were loaded names none
     for key, pinned in pins.items():
