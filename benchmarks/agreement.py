@@ -85,12 +85,7 @@ def our_rows(root: Path, task_name: str, version: str, axes: list[str]) -> list[
         }
         std = statistics.stdev(scores) if len(scores) > 1 else float("nan")
         seconds = [float(m["total_seconds"]) for m in runs.values() if "total_seconds" in m]
-        fields = {seed: m.get("test_outcomes") for seed, m in runs.items()}
-        outcomes = (
-            {seed: stats.decode(f) for seed, f in fields.items() if isinstance(f, dict)}
-            if all(isinstance(f, dict) for f in fields.values())
-            else {}
-        )
+        outcomes = stats.outcomes_by_seed({seed: m.get("test_outcomes") for seed, m in runs.items()})
         rows.append(Ours(f"{folder.parent.name}/{folder.name}", means, std, len(scores), seconds, outcomes))
     return rows
 

@@ -148,9 +148,9 @@ def build_row(sub: Submission, score_key: str, prior_key: str = "forgetting") ->
         return row
     # parse_record checked each field against its score; a row mixing records with and without
     # outcomes gets no interval (its seeds would not be counted alike).
-    fields = {r.record.seed: metrics_of(r).get("test_outcomes") for r in row.records}
-    if fields and all(isinstance(f, dict) for f in fields.values()):
-        row.outcomes = {seed: stats.decode(f) for seed, f in fields.items() if isinstance(f, dict)}
+    row.outcomes = stats.outcomes_by_seed(
+        {r.record.seed: metrics_of(r).get("test_outcomes") for r in row.records}
+    )
     base, score = row.stats["base_" + score_key], row.stats[score_key]
     if NOT_REPRODUCED in verdicts.values():
         row.status = "not_reproduced"

@@ -52,6 +52,14 @@ def encode(items: Sequence[bool] | Sequence[float]) -> dict[str, Any]:
     return {"kind": "values", "n": len(values), "values": values, "sha256": _sha(_values_text(values))}
 
 
+def outcomes_by_seed(fields: Mapping[int, Any]) -> dict[int, np.ndarray]:
+    """seed -> decoded outcomes of each seed's `test_outcomes` field; {} unless every seed has one
+    (a row mixing records with and without outcomes would not count its seeds alike)."""
+    if not fields or not all(isinstance(f, dict) for f in fields.values()):
+        return {}
+    return {seed: decode(f) for seed, f in fields.items()}
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
