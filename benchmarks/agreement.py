@@ -276,7 +276,10 @@ def main() -> None:
         sigma = float(args.their_noise)
     seconds = [t for r in ours.values() for t in r.seconds]
     if seconds:
-        print(f"minutes per run here: median {statistics.median(seconds) / 60:.1f} over {len(seconds)} runs")
+        print(
+            f"minutes per run here: median {statistics.median(seconds) / 60:.1f} over {len(seconds)} runs; "
+            f"corpus wall time {sum(seconds) / 3600:.1f} h (these runs, one after another)"
+        )
     our_best = best_per_family({k: r.means for k, r in ours.items()})
     their_best = best_per_family(theirs)
     families = sorted(set(our_best) & set(their_best))
